@@ -1,0 +1,122 @@
+"""Model checkpoints in orbax: parameters plus the model configuration that built them.
+
+A model checkpoint is an orbax composite directory with two items, `params` (the NNX parameter
+state as a pure dict) and `model_config` (JSON). Training checkpoints (one step directory of an
+orbax CheckpointManager) hold the same two items beside others, so both load here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from minet_jax.model import MINet
+from minet_jax.model_config import model_config
+
+
+def params_of(model: MINet) -> dict:
+    """The model's parameters as a pure nested dict of arrays."""
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def config_dict(model: MINet) -> dict:
+    """The model configuration as plain JSON-able data."""
+    return json.loads(model.config.to_json())
+
+
+def build_model(cfg: dict | ml_collections.ConfigDict, seed: int = 0) -> MINet:
+    """A fresh model from a (possibly partial) configuration, defaults from its variant."""
+    cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+    full = model_config(cfg.get("variant", "official"))
+    full.update(_tuples(cfg))
+    return MINet(full, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(cfg: dict | ml_collections.ConfigDict) -> MINet:
+    """The model's structure with shape-only parameters (no random initialisation cost)."""
+    return nnx.eval_shape(lambda: build_model(cfg))
+
+
+def model_from_flat_params(cfg, flat: dict[str, np.ndarray], source: str) -> MINet:
+    """A model of configuration `cfg` holding `flat` ({dotted path: array}); every parameter
+    must be given with its exact shape."""
+    graphdef, state = nnx.split(abstract_model(cfg))
+    expected = {".".join(map(str, k)): v for k, v in nnx.to_flat_state(state)}
+    missing, unknown = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
+    if missing or unknown:
+        raise ValueError(
+            f"{source} does not fit the {cfg['variant'] if isinstance(cfg, dict) else cfg.variant} "
+            f"MI-Net: missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
+            f"unexpected {unknown[:8]}{' ...' if len(unknown) > 8 else ''}"
+        )
+    for path, var in expected.items():
+        if tuple(var.shape) != tuple(flat[path].shape):
+            raise ValueError(f"{source}: {path} has shape {flat[path].shape}, expected {tuple(var.shape)}")
+        var.set_value(jax.numpy.asarray(flat[path], var.dtype))
+    return nnx.merge(graphdef, state)
+
+
+def _tuples(d: dict) -> dict:
+    # JSON turns tuples into lists; ConfigDict refuses list -> tuple type changes.
+    return {k: (_tuples(v) if isinstance(v, dict) else tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+
+
+def save_model(model: MINet, path: str | Path) -> Path:
+    """Write `model` as a checkpoint directory at `path` (which must not exist yet)."""
+    path = Path(path).resolve()
+    if path.exists():
+        raise FileExistsError(f"refusing to overwrite existing checkpoint directory {path}")
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        ckptr.save(
+            path,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params_of(model)),
+                model_config=ocp.args.JsonSave(config_dict(model)),
+            ),
+        )
+    return path
+
+
+def _step_dir(path: Path) -> Path:
+    """Accept a step directory, or a CheckpointManager root (then its newest step)."""
+    if (path / "params").is_dir():
+        return path
+    steps = sorted((int(p.name), p) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
+    if steps:
+        return steps[-1][1]
+    raise ValueError(
+        f"{path} is not a minet-jax checkpoint: expected a 'params' item (or numbered step "
+        "directories holding one); write one with `python -m minet_jax.convert` or train.py"
+    )
+
+
+def load_checkpoint_model(path: str | Path) -> MINet:
+    """Rebuild the model a checkpoint directory was saved from, with its parameters."""
+    path = _step_dir(Path(path).resolve())
+    if not (path / "model_config").is_dir():
+        raise ValueError(f"{path} has no model_config item; cannot tell which network it holds")
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        cfg = ckptr.restore(path, args=ocp.args.Composite(model_config=ocp.args.JsonRestore()))
+        graphdef, state = nnx.split(abstract_model(cfg["model_config"]))
+        target = nnx.to_pure_dict(state)
+        restored = ckptr.restore(path, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+    nnx.replace_by_pure_dict(state, restored["params"])
+    return nnx.merge(graphdef, state)
+
+
+def load_pretrained(path: str | Path) -> MINet:
+    """A ready model from the authors' `.pth` weights or from a minet-jax checkpoint directory."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if p.is_file():
+        from minet_jax.convert import load_torch_weights  # noqa: PLC0415
+
+        return load_torch_weights(p)
+    return load_checkpoint_model(p)

@@ -1,0 +1,58 @@
+"""Dehazing with a model: RGB in, RGB out, whatever the network's own channel order and scale."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from minet_jax.model import MINet
+
+
+def to_network(rgb01: jax.Array, input_format: str) -> jax.Array:
+    """RGB in [0, 1] (NHWC) to what a network of `input_format` takes."""
+    if input_format == "bgr255":
+        return rgb01[..., ::-1] * 255.0
+    if input_format == "rgb01":
+        return rgb01
+    raise ValueError(f"model.input_format must be 'bgr255' or 'rgb01', got {input_format!r}")
+
+
+def from_network(y: jax.Array, input_format: str) -> jax.Array:
+    """A network's output back to RGB on the [0, 1] scale (unclamped)."""
+    if input_format == "bgr255":
+        return y[..., ::-1] / 255.0
+    return to_network(y, input_format)
+
+
+@jax.jit(static_argnums=0)
+def _dehaze_rgb01(graphdef: nnx.GraphDef, state: nnx.State, rgb01: jax.Array) -> jax.Array:
+    model = nnx.merge(graphdef, state)
+    fmt = model.config.input_format
+    return from_network(model(to_network(rgb01, fmt)), fmt)
+
+
+def as_rgb01(image: np.ndarray) -> np.ndarray:
+    """uint8 (0..255) or float ([0, 1]) RGB, HxWx3 or NxHxWx3, as float32 in [0, 1]."""
+    x = np.asarray(image)
+    if x.ndim not in (3, 4) or x.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image of shape HxWx3 (or NxHxWx3), got shape {x.shape}")
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    if np.issubdtype(x.dtype, np.floating):
+        return x.astype(np.float32)
+    raise ValueError(f"expected uint8 (0..255) or float ([0, 1]) pixels, got dtype {x.dtype}")
+
+
+def dehaze(model: MINet, image: np.ndarray, clip: bool = True) -> np.ndarray:
+    """Dehaze an RGB image (HxWx3 uint8, or float in [0, 1]; a leading batch axis is allowed).
+
+    Returns float32 RGB on the [0, 1] scale with the input's shape; `clip=False` gives the
+    unclamped network output on that scale.
+    """
+    x = as_rgb01(image)
+    graphdef, state = nnx.split(model)
+    y = _dehaze_rgb01(graphdef, state, jnp.asarray(x if x.ndim == 4 else x[None]))
+    y = np.asarray(y if x.ndim == 4 else y[0])
+    return np.clip(y, 0.0, 1.0) if clip else y

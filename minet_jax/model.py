@@ -1,0 +1,249 @@
+"""MI-Net in Flax NNX (NHWC).
+
+Layer names follow the authors' code where one exists (conv1, norm1, ..., gate, deconv3, ...), so
+that the weight conversion in `convert.py` is a plain renaming plus layout changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from minet_jax import solvers
+from minet_jax.model_config import model_config
+
+Array = jax.Array
+
+# Kaiming normal, negative slope 0.1, fan-in (the authors' init of every nn.Conv2d).
+_kaiming = jax.nn.initializers.variance_scaling(2.0 / (1.0 + 0.1**2), "fan_in", "normal")
+# PyTorch's default for the transposed convolution and linear layers (kaiming_uniform, a = sqrt 5).
+_torch_default = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _dtype(cfg: ml_collections.ConfigDict):
+    return jnp.dtype(cfg.dtype)
+
+
+def _precision(cfg: ml_collections.ConfigDict):
+    return jax.lax.Precision[cfg.precision.upper()] if cfg.precision else None
+
+
+def _conv(cfg, cin, cout, k, *, stride=1, dilation=1, bias=False, groups=1, init=_kaiming, rngs):
+    pad = dilation * (k - 1) // 2
+    return nnx.Conv(
+        cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)),
+        kernel_dilation=dilation, use_bias=bias, feature_group_count=groups, kernel_init=init,
+        dtype=_dtype(cfg), precision=_precision(cfg), rngs=rngs,
+    )  # fmt: skip
+
+
+def _norm(c: int, rngs: nnx.Rngs) -> nnx.InstanceNorm:
+    # PyTorch InstanceNorm2d(affine=True): biased variance, eps 1e-5, no running statistics.
+    # Statistics in float32 even under bf16 compute.
+    return nnx.InstanceNorm(c, epsilon=1e-5, use_fast_variance=False, dtype=jnp.float32, rngs=rngs)
+
+
+class ShareSepConv(nnx.Module):
+    """One k x k kernel applied depthwise to every channel alike (initialised to the identity)."""
+
+    def __init__(self, k: int):
+        self.kernel = nnx.Param(jnp.zeros((k, k), jnp.float32).at[k // 2, k // 2].set(1.0))
+
+    def __call__(self, x: Array) -> Array:
+        k = self.kernel.shape[0]
+        c = x.shape[-1]
+        w = jnp.broadcast_to(self.kernel[...][:, :, None, None], (k, k, 1, c)).astype(x.dtype)
+        p = (k - 1) // 2
+        return jax.lax.conv_general_dilated(
+            x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=c,
+        )  # fmt: skip
+
+
+class ResidualBlock(nnx.Module):
+    """Pre-processing block: ReLU(x + IN(conv2(ReLU(IN(conv1(x))))))."""
+
+    def __init__(self, cfg, c: int, *, rngs: nnx.Rngs):
+        self.conv1 = _conv(cfg, c, c, 3, rngs=rngs)
+        self.norm1 = _norm(c, rngs)
+        self.conv2 = _conv(cfg, c, c, 3, rngs=rngs)
+        self.norm2 = _norm(c, rngs)
+
+    def __call__(self, x: Array) -> Array:
+        y = jax.nn.relu(self.norm1(self.conv1(x)))
+        return jax.nn.relu(x + self.norm2(self.conv2(y)))
+
+
+class IMField(nnx.Module):
+    """The vector field f of an IM-block: ReLU(IN(conv2(S(ReLU(IN(conv1_d(S(x)))))))).
+
+    S is an optional ShareSepConv(2d - 1) smoothing before each conv (d > 1, authors' code).
+    """
+
+    def __init__(self, cfg, c: int, dilation: int, *, rngs: nnx.Rngs):
+        smooth = cfg.smooth_dilated and dilation > 1
+        self.pre_conv1 = ShareSepConv(2 * dilation - 1) if smooth else None
+        self.conv1 = _conv(cfg, c, c, 3, dilation=dilation, rngs=rngs)
+        self.norm1 = _norm(c, rngs)
+        self.pre_conv2 = ShareSepConv(2 * dilation - 1) if smooth else None
+        self.conv2 = _conv(cfg, c, c, 3, rngs=rngs)
+        self.norm2 = _norm(c, rngs)
+
+    def __call__(self, x: Array) -> Array:
+        if self.pre_conv1 is not None:
+            x = self.pre_conv1(x)
+        y = jax.nn.relu(self.norm1(self.conv1(x)))
+        if self.pre_conv2 is not None:
+            y = self.pre_conv2(y)
+        return jax.nn.relu(self.norm2(self.conv2(y)))
+
+
+def field_fn(graphdef: nnx.GraphDef) -> solvers.F:
+    """A pure `f(params, g)` for an IMField's graphdef, as the solvers and probes want it."""
+
+    def f(params, g):
+        return nnx.merge(graphdef, params)(g).astype(g.dtype)
+
+    return f
+
+
+class IMBlock(nnx.Module):
+    """Solves g = g0 + eta f(g) from g = g0 (T steps by default) with weights shared over steps."""
+
+    def __init__(self, cfg, c: int, dilation: int, *, rngs: nnx.Rngs):
+        self.f = IMField(cfg, c, dilation, rngs=rngs)
+        self.T = cfg.T
+        self.eta = float(cfg.eta)
+        self.solver = ml_collections.FrozenConfigDict(cfg.solver)
+
+    def __call__(self, g0: Array) -> tuple[Array, solvers.SolverStats]:
+        graphdef, params = nnx.split(self.f)
+        return solvers.solve(field_fn(graphdef), params, g0, T=self.T, eta=self.eta, cfg=self.solver)
+
+
+class ImageAttention(nnx.Module):
+    """The authors' RCA on the 3-channel image: x + x * sigmoid(l3(l2(GAP(c0(x)))))."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        self.c0 = _conv(cfg, 3, 3, 1, bias=True, rngs=rngs)
+        # l2 and l3 are scalar affine maps shared by all channels (Linear(1, 1) in PyTorch).
+        self.l2_w = nnx.Param(_torch_default(rngs.params(), (1, 1)))
+        self.l2_b = nnx.Param(jax.random.uniform(rngs.params(), (1,), minval=-1.0, maxval=1.0))
+        self.l3_w = nnx.Param(_torch_default(rngs.params(), (1, 1)))
+        self.l3_b = nnx.Param(jax.random.uniform(rngs.params(), (1,), minval=-1.0, maxval=1.0))
+
+    def __call__(self, x: Array) -> Array:
+        v = jnp.mean(self.c0(x).astype(jnp.float32), axis=(1, 2), keepdims=True)
+        v = v * self.l2_w[0, 0] + self.l2_b[0]
+        v = v * self.l3_w[0, 0] + self.l3_b[0]
+        return x + x * jax.nn.sigmoid(v).astype(x.dtype)
+
+
+class FeatureAttention(nnx.Module):
+    """The paper's RCA on C-channel features: x + x * sigmoid(MLP(GAP(conv1x1(x))))."""
+
+    def __init__(self, cfg, c: int, reduction: int, *, rngs: nnx.Rngs):
+        hidden = max(1, c // reduction)
+        self.conv = _conv(cfg, c, c, 1, bias=True, rngs=rngs)
+        self.fc1 = nnx.Linear(c, hidden, kernel_init=_torch_default, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, c, kernel_init=_torch_default, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        v = jnp.mean(self.conv(x).astype(jnp.float32), axis=(1, 2), keepdims=True)
+        v = self.fc2(jax.nn.relu(self.fc1(v)))
+        return x + x * jax.nn.sigmoid(v).astype(x.dtype)
+
+
+class MINet(nnx.Module):
+    """The multi-level implicit network. Input and output NHWC in `cfg.input_format`'s space."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict | None = None, *, rngs: nnx.Rngs | None = None):
+        cfg = model_config() if cfg is None else cfg
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        if len(cfg.dilations) != 3:
+            raise ValueError(f"model.dilations must name 3 dilations, got {tuple(cfg.dilations)}")
+        if cfg.rca not in ("image", "features"):
+            raise ValueError(f"model.rca must be 'image' or 'features', got {cfg.rca!r}")
+        self.config = ml_collections.FrozenConfigDict(cfg)
+        c = cfg.channels
+        self.conv1 = _conv(cfg, 3, c, 3, rngs=rngs)
+        self.norm1 = _norm(c, rngs)
+        self.conv2 = _conv(cfg, c, c, 3, rngs=rngs)
+        self.norm2 = _norm(c, rngs)
+        self.conv3 = _conv(cfg, c, c, 3, stride=2, rngs=rngs)
+        self.norm3 = _norm(c, rngs)
+        self.pre_processing = nnx.List([ResidualBlock(cfg, c, rngs=rngs) for _ in range(3)])
+        self.blocks = nnx.List([IMBlock(cfg, c, d, rngs=rngs) for d in cfg.dilations])
+        self.gate = _conv(cfg, 3 * c, 3, 3, bias=True, groups=cfg.mlf_groups, rngs=rngs)
+        self.rca = FeatureAttention(cfg, c, cfg.rca_reduction, rngs=rngs) if cfg.rca == "features" else None
+        # PyTorch ConvTranspose2d(k=4, s=2, p=1) as a conv over the 2x-dilated input padded by
+        # k - 1 - p = 2; the kernel is stored spatially flipped, HWIO (convert.py does the flip).
+        self.deconv3 = nnx.Conv(
+            c, c, (4, 4), padding=((2, 2), (2, 2)), input_dilation=2, use_bias=True,
+            kernel_init=_torch_default, dtype=_dtype(cfg), precision=_precision(cfg), rngs=rngs,
+        )  # fmt: skip
+        self.norm4 = _norm(c, rngs)
+        self.deconv2 = _conv(cfg, c, c, 3, bias=True, rngs=rngs)
+        self.norm5 = _norm(c, rngs)
+        self.deconv1 = _conv(cfg, c, 3, 1, bias=True, rngs=rngs)
+        self.conv_su1 = _conv(cfg, 3, 3, 1, bias=True, rngs=rngs)
+        self.conv_su2 = _conv(cfg, 3, 3, 1, bias=True, rngs=rngs)
+        self.attention = ImageAttention(cfg, rngs=rngs) if cfg.rca == "image" else None
+        self.deconv = _conv(cfg, 3, 3, 1, bias=True, rngs=rngs)
+        if cfg.init == "identity":
+            self._init_identity_output()
+        elif cfg.init != "pytorch":
+            raise ValueError(f"model.init must be 'pytorch' or 'identity', got {cfg.init!r}")
+
+    def _init_identity_output(self) -> None:
+        eye = jnp.eye(3, dtype=jnp.float32)[None, None]
+        for conv in (self.conv_su2, self.deconv):
+            conv.kernel[...] = eye
+            conv.bias[...] = jnp.zeros((3,), jnp.float32)
+        self.conv_su1.kernel[...] = self.conv_su1.kernel[...] * 1e-3
+        self.conv_su1.bias[...] = jnp.zeros((3,), jnp.float32)
+        if self.attention is not None:
+            self.attention.l3_w[...] = jnp.zeros((1, 1), jnp.float32)
+            self.attention.l3_b[...] = jnp.full((1,), -10.0, jnp.float32)
+
+    def __call__(self, x: Array, *, with_aux: bool = False) -> Array | tuple[Array, dict[str, Any]]:
+        """Network output for NHWC `x` of any height and width (odd sizes are edge-padded to even
+        and cropped back). With `with_aux`, also per-block solver statistics and block inputs."""
+        h, w = x.shape[1], x.shape[2]
+        if h % 2 or w % 2:
+            x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        inp = x.astype(_dtype(self.config))
+        y = jax.nn.relu(self.norm1(self.conv1(inp)))
+        y = jax.nn.relu(self.norm2(self.conv2(y)))
+        y = jax.nn.relu(self.norm3(self.conv3(y)))
+        for block in self.pre_processing:
+            y = block(y)
+        block_inputs, outs, stats = [], [], []
+        for block in self.blocks:
+            block_inputs.append(y)
+            y, s = block(y)
+            outs.append(y)
+            stats.append(s)
+        gates = self.gate(jnp.concatenate(outs, axis=-1))
+        y = sum(outs[i] * gates[..., i : i + 1] for i in range(3))
+        if self.rca is not None:
+            y = self.rca(y)
+        y = jax.nn.relu(self.norm4(self.deconv3(y)))
+        y = jax.nn.relu(self.norm5(self.deconv2(y)))
+        y = self.deconv1(y)
+        y = jax.nn.leaky_relu(self.conv_su1(y) + self.conv_su2(inp), negative_slope=0.1)
+        if self.attention is not None:
+            y = self.attention(y)
+        y = self.deconv(y).astype(jnp.float32)[:, :h, :w, :]
+        if with_aux:
+            return y, {"block_inputs": block_inputs, "block_outputs": outs, "solver_stats": stats}
+        return y
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of scalar parameters."""
+    return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
