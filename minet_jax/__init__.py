@@ -1,8 +1,34 @@
-"""minet-jax: MI-Net (implicit-Euler ODE network for single-image dehazing) in JAX / Flax NNX."""
+"""minet-jax: MI-Net (implicit-Euler ODE network for single-image dehazing) in JAX / Flax NNX.
 
-from minet_jax.checkpoint import load_pretrained, save_model
-from minet_jax.inference import dehaze
-from minet_jax.model import MINet, count_params
-from minet_jax.model_config import model_config
+The public names below import lazily, so that light modules (imageio, layouts, the data
+pipeline's worker processes) do not pay for importing JAX and Flax.
+"""
 
-__all__ = ["MINet", "count_params", "dehaze", "load_pretrained", "model_config", "save_model"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "MINet": "minet_jax.model",
+    "count_params": "minet_jax.model",
+    "dehaze": "minet_jax.inference",
+    "load_pretrained": "minet_jax.checkpoint",
+    "save_model": "minet_jax.checkpoint",
+}
+__all__ = sorted([*_EXPORTS, "model_config"])
+
+# Eager (and light): the submodule shares the function's name, and a lazy attribute would be
+# shadowed by the submodule once anything imports `minet_jax.model_config`.
+from minet_jax.model_config import model_config  # noqa: E402
+
+if TYPE_CHECKING:
+    from minet_jax.checkpoint import load_pretrained, save_model
+    from minet_jax.inference import dehaze
+    from minet_jax.model import MINet, count_params
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'minet_jax' has no attribute {name!r}")

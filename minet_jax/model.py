@@ -120,9 +120,10 @@ class IMBlock(nnx.Module):
         self.eta = float(cfg.eta)
         self.solver = ml_collections.FrozenConfigDict(cfg.solver)
 
-    def __call__(self, g0: Array) -> tuple[Array, solvers.SolverStats]:
+    def __call__(self, g0: Array, probe: Array | None = None) -> tuple[Array, solvers.SolverStats]:
+        """`probe`: optional (2,) zeros whose gradient reports the backward solve (solvers.py)."""
         graphdef, params = nnx.split(self.f)
-        return solvers.solve(field_fn(graphdef), params, g0, T=self.T, eta=self.eta, cfg=self.solver)
+        return solvers.solve(field_fn(graphdef), params, g0, T=self.T, eta=self.eta, cfg=self.solver, probe=probe)
 
 
 class ImageAttention(nnx.Module):
@@ -210,9 +211,13 @@ class MINet(nnx.Module):
             self.attention.l3_w[...] = jnp.zeros((1, 1), jnp.float32)
             self.attention.l3_b[...] = jnp.full((1,), -10.0, jnp.float32)
 
-    def __call__(self, x: Array, *, with_aux: bool = False) -> Array | tuple[Array, dict[str, Any]]:
+    def __call__(
+        self, x: Array, *, with_aux: bool = False, probes: Array | None = None
+    ) -> Array | tuple[Array, dict[str, Any]]:
         """Network output for NHWC `x` of any height and width (odd sizes are edge-padded to even
-        and cropped back). With `with_aux`, also per-block solver statistics and block inputs."""
+        and cropped back). With `with_aux`, also per-block solver statistics and block inputs.
+        `probes`: optional (3, 2) zeros; their gradient row i is block i's backward
+        [iterations, residual] (see solvers.py)."""
         h, w = x.shape[1], x.shape[2]
         if h % 2 or w % 2:
             x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
@@ -223,9 +228,9 @@ class MINet(nnx.Module):
         for block in self.pre_processing:
             y = block(y)
         block_inputs, outs, stats = [], [], []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             block_inputs.append(y)
-            y, s = block(y)
+            y, s = block(y, None if probes is None else probes[i])
             outs.append(y)
             stats.append(s)
         gates = self.gate(jnp.concatenate(outs, axis=-1))

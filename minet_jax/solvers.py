@@ -29,8 +29,9 @@ but its cotangent (the gradient of the loss with respect to `p`) is
 - unrolled and phantom backward: `[steps backpropagated, 0]`.
 
 So a training step that also differentiates with respect to the probes reads the backward
-statistics from their gradients. Under `vmap` with an unbatched probe the per-example values are
-summed. An adjoint solve that does not reach `backward_tol` also emits a `RuntimeWarning` (through
+statistics from their gradients. Under `vmap`, batch the probe too (in_axes=0) to get
+per-example values (an unbatched probe gets the sum over examples of the data-dependent ones).
+An adjoint solve that does not reach `backward_tol` also emits a `RuntimeWarning` (through
 `jax.debug.callback`) naming the residual.
 """
 
@@ -38,8 +39,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +61,7 @@ class SolverStats(NamedTuple):
     """Statistics of one solve (arrays, so they pass through jit and vmap)."""
 
     iterations: Array  # forward iterations taken
-    residual: Array  # final relative residual ||g_k - g_{k-1}|| / ||g_{k-1}||
+    residual: Array  # final relative residual ||G(g) - g|| / ||g|| (G(g) = g0 + eta f(g))
     residuals: Array  # residual after each iteration; NaN past `iterations`
 
 
@@ -84,9 +86,9 @@ def resolve_unroll(unroll: int | bool | str, T: int) -> int | bool:
     """`"auto"` unrolls fully on CPU (rolled scans backprop ~50x slower there) and not elsewhere."""
     if unroll == "auto":
         return True if jax.default_backend() == "cpu" else 1
-    if isinstance(unroll, str):
-        raise ValueError(f"solver.unroll must be an int, a bool or 'auto', got {unroll!r}")
-    return unroll
+    if not isinstance(unroll, str):
+        return unroll
+    raise ValueError(f"solver.unroll must be an int, a bool or 'auto', got {unroll!r}")
 
 
 def unrolled(
@@ -126,7 +128,7 @@ def _init_carry(x0: Array, max_iter: int, m: int = 0) -> _Carry:
 
 
 def _record(c: _Carry, r: Array) -> dict:
-    return dict(k=c.k + 1, res=r, residuals=c.residuals.at[c.k].set(r))
+    return {"k": c.k + 1, "res": r, "residuals": c.residuals.at[c.k].set(r)}
 
 
 def _fixed_point_step(G: Callable[[Array], Array], residual: Callable[[Array, Array], Array]):
@@ -364,10 +366,15 @@ def solve_adjoint(
     < tol; iterations counts whole cycles, an upper bound on the matvecs).
     """
     _check_choice("backward_solver", solver, BACKWARD_SOLVERS)
-    G = lambda u: v + eta * jt(u)  # noqa: E731
     dt = _real_dtype(v)
     nv = jnp.maximum(_norm(v), jnp.finfo(dt).tiny)
-    residual = lambda new, old: _norm(new - old) / nv  # noqa: E731
+
+    def G(u):
+        return v + eta * jt(u)
+
+    def residual(new, old):
+        return _norm(new - old) / nv
+
     if solver == "gmres":
         # Restart cycles in a while_loop, so that the reported count stops near where it
         # converged (to within one cycle); jax's gmres itself reports no count.
@@ -426,11 +433,11 @@ def _implicit_bwd(f, s, res, ct):
         lambda u: vjp(u)[1], v, eta=s.eta, solver=s.backward_solver, tol=s.backward_tol,
         max_iter=s.backward_max_iter, m=s.anderson_m, beta=s.anderson_beta, lam=s.anderson_lam,
     )  # fmt: skip
-    jax.debug.callback(
-        partial(_warn_unconverged, tol=s.backward_tol, solver=s.backward_solver), iterations, residual
-    )
+    warn = partial(_warn_unconverged, tol=s.backward_tol, solver=s.backward_solver)
+    jax.debug.callback(warn, iterations, residual)
     params_bar = vjp(s.eta * u)[0]
-    probe_bar = probe_zeros + jnp.stack([iterations.astype(probe_zeros.dtype), residual.astype(probe_zeros.dtype)])
+    stats = jnp.stack([iterations, residual]).astype(probe_zeros.dtype)
+    probe_bar = probe_zeros + stats
     return params_bar, u.astype(g.dtype), probe_bar
 
 

@@ -22,6 +22,7 @@ import io
 import mmap
 import os
 import pickle
+import pickletools
 import reprlib
 import struct
 import zipfile
@@ -101,7 +102,7 @@ class _Inert:
 class _SafeCallable(_Inert):
     """An allowlisted global: one of this module's own harmless functions under a torch name."""
 
-    __slots__ = ("name", "fn")
+    __slots__ = ("fn", "name")
 
     def __init__(self, name: str, fn: Callable[..., Any]):
         self.name = name
@@ -117,7 +118,7 @@ class _SafeCallable(_Inert):
 class _StorageType(_Inert):
     """Marker for ``torch.FloatStorage`` and friends; only meaningful inside a persistent id."""
 
-    __slots__ = ("name", "dtype")
+    __slots__ = ("dtype", "name")
 
     def __init__(self, name: str, dtype: str):
         self.name = name
@@ -133,7 +134,7 @@ class _StorageType(_Inert):
 class _Storage(_Inert):
     """A flat storage: its bytes are fetched (zip) or filled in (legacy) after unpickling."""
 
-    __slots__ = ("key", "dtype", "numel", "data", "fetch")
+    __slots__ = ("data", "dtype", "fetch", "key", "numel")
 
     def __init__(self, key: str, dtype: str, numel: int, fetch: Callable[[], bytes] | None):
         self.key = key
@@ -153,7 +154,7 @@ class _Storage(_Inert):
 class _StorageView(_Inert):
     """A legacy-format storage that is a slice of a root storage (``view_metadata``)."""
 
-    __slots__ = ("root", "offset", "numel")
+    __slots__ = ("numel", "offset", "root")
 
     def __init__(self, root: _Storage, offset: int, numel: int):
         self.root = root
@@ -174,7 +175,7 @@ class _StorageView(_Inert):
 class _Tensor(_Inert):
     """A tensor as (storage, offset, size, stride); turned into a numpy array on demand."""
 
-    __slots__ = ("storage", "offset", "size", "stride")
+    __slots__ = ("offset", "size", "storage", "stride")
 
     def __init__(self, storage: Any, offset: Any, size: Any, stride: Any):
         if not isinstance(storage, (_Storage, _StorageView)):
@@ -288,9 +289,7 @@ def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: An
     return data
 
 
-def _rebuild_parameter_with_state(
-    data: Any, requires_grad: Any, backward_hooks: Any, state: Any
-) -> Any:
+def _rebuild_parameter_with_state(data: Any, requires_grad: Any, backward_hooks: Any, state: Any) -> Any:
     return _rebuild_parameter(data)
 
 
@@ -336,7 +335,7 @@ class _SafeUnpickler(pickle.Unpickler):
 
     def __init__(
         self,
-        file: io.IOBase,
+        file: Any,
         storages: dict[str, _Storage],
         fetch: Callable[[str, str, int], Callable[[], bytes]] | None = None,
     ):
@@ -393,8 +392,29 @@ class _SafeUnpickler(pickle.Unpickler):
             raise _Malformed(f"storage {key!r} is used with two dtypes")
         if view is None:
             return storage
-        view_key, offset, view_numel = _as_sequence(view, "storage view metadata")
+        _view_key, offset, view_numel = _as_sequence(view, "storage view metadata")
         return _StorageView(storage, _as_int(offset, "view offset"), _as_int(view_numel, "view size"))
+
+
+def _unpickle(
+    stream: Any,
+    storages: dict[str, _Storage],
+    fetch: Callable[[str, str, int], Callable[[], bytes]] | None = None,
+) -> Any:
+    """Check one pickle's opcodes without running them, then unpickle it safely.
+
+    The check makes a corrupt length or memo index a :class:`_Malformed` error instead of a
+    request to the C unpickler to allocate gigabytes. `stream` is a BytesIO or an mmap.
+    """
+    start = stream.tell()
+    try:
+        for count, (op, arg, pos) in enumerate(pickletools.genops(stream)):
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg <= count:
+                raise _Malformed(f"memo index {arg} at byte {pos} is out of range")
+    except ValueError as exc:  # genops' complaint about a bad opcode or a short read
+        raise _Malformed(f"corrupt or truncated pickle ({exc})") from None
+    stream.seek(start)
+    return _SafeUnpickler(stream, storages, fetch).load()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,9 +461,7 @@ def _decode_storage(raw: bytes, dtype: str, numel: int, key: str) -> np.ndarray:
     disk = _disk_dtype(dtype)
     itemsize = np.dtype(disk).itemsize
     if numel < 0 or len(raw) < numel * itemsize:
-        raise _Malformed(
-            f"storage {key!r} holds {len(raw)} bytes, expected {numel} x {itemsize} bytes"
-        )
+        raise _Malformed(f"storage {key!r} holds {len(raw)} bytes, expected {numel} x {itemsize} bytes")
     arr = np.frombuffer(raw, dtype=disk, count=numel)
     if dtype == "bfloat16":
         return (arr.astype(np.uint32) << 16).view(np.float32)
@@ -495,8 +513,7 @@ def _read_zip(path: str) -> dict[str, np.ndarray]:
             return lambda: _zip_read(zf, member)
 
         storages: dict[str, _Storage] = {}
-        unpickler = _SafeUnpickler(io.BytesIO(_zip_read(zf, pkls[0])), storages, fetch)
-        return _materialize(unpickler.load())
+        return _materialize(_unpickle(io.BytesIO(_zip_read(zf, pkls[0])), storages, fetch))
 
 
 def _read_legacy(path: str) -> dict[str, np.ndarray]:
@@ -510,20 +527,20 @@ def _read_legacy(path: str) -> dict[str, np.ndarray]:
 
 def _load_legacy(mm: mmap.mmap, storages: dict[str, _Storage]) -> Any:
     try:
-        magic = _SafeUnpickler(mm, {}).load()
+        magic = _unpickle(mm, {})
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, _Malformed) as exc:
-        raise _Malformed(f"not a pickle stream ({exc})") from None
+        raise _Malformed(f"expected a zip archive or a pickle stream ({exc})") from None
     if magic != _LEGACY_MAGIC:
         raise _Malformed("no PyTorch magic number at the start of the stream")
-    protocol = _SafeUnpickler(mm, {}).load()
+    protocol = _unpickle(mm, {})
     if protocol != _LEGACY_PROTOCOL:
         raise _Malformed(f"legacy protocol version {reprlib.repr(protocol)}, expected {_LEGACY_PROTOCOL}")
-    sys_info = _SafeUnpickler(mm, {}).load()
+    sys_info = _unpickle(mm, {})
     if not isinstance(sys_info, dict) or not sys_info.get("little_endian", True):
         raise _Malformed("written on a big-endian machine, which is not supported")
 
-    obj = _SafeUnpickler(mm, storages).load()
-    keys = _SafeUnpickler(mm, {}).load()
+    obj = _unpickle(mm, storages)
+    keys = _unpickle(mm, {})
     for key in _as_sequence(keys, "storage key list"):
         key = _text(key)
         storage = storages.get(key)
@@ -608,7 +625,7 @@ def _materialize(obj: Any) -> dict[str, np.ndarray]:
 def _strip_module_prefix(tensors: dict[str, _Tensor]) -> dict[str, _Tensor]:
     out: dict[str, _Tensor] = {}
     for name, value in tensors.items():
-        short = name[len("module.") :] if name.startswith("module.") else name
+        short = name.removeprefix("module.")
         if short in out:
             raise _Malformed(f"two tensors are named {short!r} once 'module.' is stripped")
         out[short] = value
@@ -662,6 +679,5 @@ def load_torch_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         RecursionError,
     ) as exc:
         raise TorchFileError(
-            f"cannot read {path} as a PyTorch checkpoint (expected a torch.save file): "
-            f"{type(exc).__name__}: {exc}"
+            f"cannot read {path} as a PyTorch checkpoint (expected a torch.save file): {type(exc).__name__}: {exc}"
         ) from None

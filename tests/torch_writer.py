@@ -13,7 +13,7 @@ import struct
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -36,9 +36,9 @@ _STORAGE_NAMES = {
 class Global:
     """A module-level name, pickled as ``GLOBAL module name`` without importing anything."""
 
-    _cache: dict[tuple[str, str], Global] = {}
+    _cache: ClassVar[dict[tuple[str, str], Global]] = {}
 
-    def __new__(cls, module: str, name: str) -> Global:
+    def __new__(cls, module: str, name: str) -> Self:
         key = (module, name)
         if key not in cls._cache:
             obj = super().__new__(cls)
@@ -64,10 +64,17 @@ class Storage:
         self.storage_type = storage_type or Global("torch", _STORAGE_NAMES[self.data.dtype])
 
 
+class StorageView:
+    """Legacy format only: a storage that is a slice of `root` (a pid with ``view_metadata``)."""
+
+    def __init__(self, root: Storage, offset: int, numel: int, key: str):
+        self.root, self.offset, self.numel, self.key = root, offset, numel, key
+
+
 class Tensor:
     """A tensor view (offset, size, stride in elements) of a :class:`Storage`."""
 
-    def __init__(self, storage: Storage, offset: int, size: tuple, stride: tuple):
+    def __init__(self, storage: Storage | StorageView, offset: int, size: tuple, stride: tuple):
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
     @classmethod
@@ -115,7 +122,7 @@ class NewObj:
 
 
 class _Pickler(pickle._Pickler):  # the pure-Python pickler lets us add dispatch entries
-    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
 
     def __init__(self, file: io.BytesIO, legacy: bool):
         super().__init__(file, protocol=2)
@@ -125,15 +132,29 @@ class _Pickler(pickle._Pickler):  # the pure-Python pickler lets us add dispatch
         self.module_classes: set[int] = set()
         self.pending_modules: set[int] = set()
 
+    def _key(self, storage: Storage) -> str:
+        key = self.storage_keys.get(id(storage))
+        if key is None:
+            key = storage.key or str(len(self.storages))
+            self.storage_keys[id(storage)] = key
+            self.storages.append(storage)
+        return key
+
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, Storage):
-            key = self.storage_keys.get(id(obj))
-            if key is None:
-                key = obj.key or str(len(self.storages))
-                self.storage_keys[id(obj)] = key
-                self.storages.append(obj)
-            pid = ("storage", obj.storage_type, key, "cpu", obj.data.size)
+            pid = ("storage", obj.storage_type, self._key(obj), "cpu", obj.data.size)
             return pid + (None,) if self.legacy else pid
+        if isinstance(obj, StorageView):
+            assert self.legacy, "storage views exist only in the legacy format"
+            root = obj.root
+            return (
+                "storage",
+                root.storage_type,
+                self._key(root),
+                "cpu",
+                root.data.size,
+                (obj.key, obj.offset, obj.numel),
+            )
         if isinstance(obj, Global) and id(obj) in self.pending_modules:
             self.pending_modules.discard(id(obj))
             return ("module", obj, f"/src/{obj.module}.py", f"class {obj.name}(nn.Module): ...")
@@ -212,11 +233,13 @@ def write_zip(path: Path, obj: Any, prefix: str = "archive", pickle_bytes: bytes
 def write_legacy(path: Path, obj: Any, pickle_bytes: bytes | None = None) -> Path:
     """Write `obj` in the legacy (torch < 1.6) stream layout (or `pickle_bytes` as the object)."""
     data, storages = dumps(obj, legacy=True) if pickle_bytes is None else (pickle_bytes, [])
-    sys_info = {"protocol_version": LEGACY_PROTOCOL, "little_endian": True,
-                "type_sizes": {"short": 2, "int": 4, "long": 4}}
+    sys_info = {
+        "protocol_version": LEGACY_PROTOCOL,
+        "little_endian": True,
+        "type_sizes": {"short": 2, "int": 4, "long": 4},
+    }
     with open(path, "wb") as f:
-        for head in (LEGACY_MAGIC, LEGACY_PROTOCOL, sys_info):
-            f.write(pickle.dumps(head, protocol=2))
+        f.writelines(pickle.dumps(head, protocol=2) for head in (LEGACY_MAGIC, LEGACY_PROTOCOL, sys_info))
         f.write(data)
         f.write(pickle.dumps([key for key, _ in storages], protocol=2))
         for _, storage in storages:

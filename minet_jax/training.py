@@ -1,0 +1,125 @@
+"""Training pieces: optimiser and schedule, loss, and the jitted train / eval steps.
+
+The steps are pure functions over `nnx.split` state (flax's NNX performance guide): the graphdef
+is static, parameters and optimiser state are plain pytrees, so the jitted step does no graph
+traversal.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from minet_jax.inference import from_network, to_network
+from minet_jax.model import MINet
+
+LOSSES = ("mse", "l1", "frobenius")
+
+
+class TrainState(NamedTuple):
+    """Everything a training step changes (a pytree; checkpointed whole)."""
+
+    step: jax.Array
+    params: Any  # nnx.State of the model's parameters
+    opt_state: Any
+    last_good: jax.Array  # False once a non-finite loss or gradient was met (update skipped)
+
+
+def learning_rate_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
+    """Step decay: lr * factor every `lr_decay_every` steps, at most `lr_decay_count` times."""
+    if cfg.lr_decay_every <= 0:
+        return optax.constant_schedule(cfg.lr)
+    if cfg.lr_decay_count > 0:
+        bounds = {k * cfg.lr_decay_every: cfg.lr_decay_factor for k in range(1, cfg.lr_decay_count + 1)}
+        return optax.piecewise_constant_schedule(cfg.lr, bounds)
+    return optax.exponential_decay(cfg.lr, cfg.lr_decay_every, cfg.lr_decay_factor, staircase=True)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam with the configured step decay (and optional global-norm clipping)."""
+    adam = optax.adam(learning_rate_schedule(cfg), b1=cfg.adam_b1, b2=cfg.adam_b2)
+    if cfg.grad_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adam)
+    return adam
+
+
+def init_state(model: MINet, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
+    graphdef, params = nnx.split(model, nnx.Param)
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.ones((), bool))
+    return graphdef, state
+
+
+def loss_value(kind: str, out: jax.Array, clear: jax.Array) -> jax.Array:
+    """Loss on RGB [0, 1]. `frobenius` is the authors': ||out - gt||_2 over the batch, 0..255."""
+    if kind == "mse":
+        return jnp.mean(jnp.square(out - clear))
+    if kind == "l1":
+        return jnp.mean(jnp.abs(out - clear))
+    if kind == "frobenius":
+        return jnp.sqrt(jnp.sum(jnp.square((out - clear) * 255.0)))
+    raise ValueError(f"config.loss must be one of {LOSSES}, got {kind!r}")
+
+
+def batch_psnr(out: jax.Array, clear: jax.Array) -> jax.Array:
+    """Mean per-image PSNR (dB) of outputs clipped to [0, 1]."""
+    mse = jnp.mean(jnp.square(jnp.clip(out, 0.0, 1.0) - clear), axis=(1, 2, 3))
+    return jnp.mean(-10.0 * jnp.log10(jnp.maximum(mse, 1e-12)))
+
+
+def _forward(graphdef, params, hazy, probes=None):
+    model = nnx.merge(graphdef, params)
+    fmt = model.config.input_format
+    y, aux = model(to_network(hazy, fmt), with_aux=True, probes=probes)
+    return from_network(y, fmt), aux
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss: str):
+    """The jitted `(state, batch) -> (state, metrics)`; a non-finite loss or gradient leaves the
+    parameters untouched and clears `state.last_good`, which the loop checks."""
+
+    def loss_fn(params, probes, batch):
+        out, aux = _forward(graphdef, params, batch["hazy"], probes)
+        return loss_value(loss, out, batch["clear"]), (out, aux)
+
+    @jax.jit
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        # The probes' gradient carries each block's backward-solve [iterations, residual].
+        probes = jnp.zeros((3, 2), jnp.float32)
+        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+        (value, (out, aux)), (grads, backward) = grad_fn(state.params, probes, batch)
+        gnorm = optax.tree.norm(grads)
+        finite = jnp.isfinite(value) & jnp.isfinite(gnorm)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = TrainState(
+            state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state), state.last_good & finite
+        )
+        stats = aux["solver_stats"]
+        metrics = {
+            "loss": value,
+            "grad_norm": gnorm,
+            "train_psnr": batch_psnr(out, batch["clear"]),
+            **{f"solver/block{i + 1}_iterations": s.iterations for i, s in enumerate(stats)},
+            **{f"solver/block{i + 1}_residual": s.residual for i, s in enumerate(stats)},
+            **{f"solver/block{i + 1}_backward_iterations": backward[i, 0] for i in range(len(stats))},
+            **{f"solver/block{i + 1}_backward_residual": backward[i, 1] for i in range(len(stats))},
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_predict(graphdef: nnx.GraphDef):
+    """The jitted `(params, hazy NHWC RGB [0, 1]) -> unclamped RGB [0, 1]`."""
+
+    @jax.jit
+    def predict(params, hazy):
+        return _forward(graphdef, params, hazy)[0]
+
+    return predict

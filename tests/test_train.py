@@ -1,0 +1,146 @@
+"""train.py end to end on tiny data: outputs, checkpoints, SIGKILL resume, non-finite stop."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from minet_jax import dehaze, load_pretrained
+from minet_jax.checkpoint import params_of
+from minet_jax.imageio import read_rgb, to_uint8
+from minet_jax.metrics import psnr
+from minet_jax.synthetic import make_synthetic_haze
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import train  # noqa: E402
+
+
+def load_config(name: str):
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    synth = make_synthetic_haze(root / "synthetic", hazy_per_clear=2, val_hazy_per_clear=1, size=64, val_size=(48, 64))
+    return synth, root / "tfds"
+
+
+def tiny_config(data_dirs, **overrides):
+    cfg = load_config("test")
+    cfg.data.manual_dir, cfg.data.data_dir = str(data_dirs[0]), str(data_dirs[1])
+    for k, v in overrides.items():
+        cfg[k] = v
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dirs, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(data_dirs)
+    summary = train.train_and_evaluate(cfg, workdir)
+    return cfg, workdir, summary
+
+
+def test_summary_and_outputs(finished_run):
+    cfg, workdir, summary = finished_run
+    on_disk = json.loads((workdir / "summary.json").read_text())
+    assert on_disk == summary
+    for key in ("steps", "wall_time_s", "val_psnr", "val_ssim", "best_val_psnr", "input_psnr", "input_ssim"):
+        assert np.isfinite(summary[key]), key
+    assert summary["steps"] == cfg.num_steps
+    assert summary["best_val_psnr"] >= summary["val_psnr"] - 1e-9
+
+    # The best checkpoint is a model load_pretrained accepts, and it gives the logged PSNR.
+    model = load_pretrained(summary["best_checkpoint"])
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    best_step = int(Path(summary["best_checkpoint"]).name)
+    logged = [r["val_psnr"] for r in records if r["step"] == best_step and "val_psnr" in r]
+    assert logged and abs(logged[0] - summary["best_val_psnr"]) < 1e-9
+    val = sorted((Path(cfg.data.manual_dir) / "val" / "hazy").iterdir())
+    scores = []
+    for hazy_path in val:
+        clear = read_rgb(Path(cfg.data.manual_dir) / "val" / "clear" / f"{hazy_path.stem.split('_')[0]}.png")
+        scores.append(psnr(to_uint8(dehaze(model, read_rgb(hazy_path))), clear))
+    assert abs(np.mean(scores) - summary["best_val_psnr"]) < 1e-3
+
+    # Scalars in JSONL (finite losses at every log step), TensorBoard events, image grids.
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == cfg.num_steps // cfg.log_every and all(np.isfinite(losses))
+    assert any(abs(r.get("lr", -1) - cfg.lr) < 1e-9 for r in records)
+    assert any(p.stat().st_size > 0 for p in (workdir / "tensorboard").iterdir())
+    grid = read_rgb(sorted((workdir / "images").iterdir())[-1])
+    assert grid.shape == (48, 3 * 64 + 2 * 4, 3)
+
+
+def test_refuses_checkpoint_of_another_model(finished_run):
+    cfg, workdir, _ = finished_run
+    other = load_config("test")
+    other.data = cfg.data
+    other.model.T = cfg.model.T + 1
+    with pytest.raises(train.TrainingError, match=r"another model config:\n  T: checkpoint 2, config 3"):
+        train.train_and_evaluate(other, workdir)
+
+
+def _run(workdir: Path, data_dirs, *extra: str) -> subprocess.Popen:
+    args = [
+        sys.executable, str(ROOT / "train.py"), f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={workdir}",
+        f"--config.data.manual_dir={data_dirs[0]}", f"--config.data.data_dir={data_dirs[1]}", *extra,
+    ]  # fmt: skip
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _final_params(workdir: Path) -> list[np.ndarray]:
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    return [np.asarray(x) for x in jax.tree.leaves(params_of(load_pretrained(workdir / "checkpoints" / str(steps[-1]))))]
+
+
+def test_sigkill_and_resume_gives_the_uninterrupted_parameters(finished_run, data_dirs, tmp_path):
+    cfg, reference_dir, _ = finished_run
+    workdir = tmp_path / "killed"
+    proc = _run(workdir, data_dirs)
+    first = workdir / "checkpoints" / "2"
+    deadline = time.time() + 300
+    while not first.is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed:\n" + proc.stdout.read()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "summary.json").exists()
+    killed_at = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert killed_at < cfg.num_steps
+
+    resumed = _run(workdir, data_dirs)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert f"resumed from {workdir / 'checkpoints'}" in out
+    for a, b in zip(_final_params(reference_dir), _final_params(workdir), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_dirs, tmp_path):
+    cfg = tiny_config(data_dirs, num_steps=2)
+    train.train_and_evaluate(cfg, tmp_path)
+    good = _final_params(tmp_path)
+    # Adam's first step moves every weight by about lr: 1e30 overflows the next forward pass.
+    cfg = tiny_config(data_dirs, num_steps=6, lr=1e30)
+    with pytest.raises(train.TrainingError, match="non-finite"):
+        train.train_and_evaluate(cfg, tmp_path)
+    assert max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == 2
+    for a, b in zip(good, _final_params(tmp_path), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert all(np.isfinite(a).all() for a in good)
