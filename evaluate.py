@@ -186,11 +186,30 @@ def evaluate(
     return metrics
 
 
-def default_predict_factory(checkpoint: str) -> Predict:
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` model settings (VALUE as JSON, else a string); `solver.x=...` nests."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        head, _, sub = key.partition(".")
+        if sub:
+            out.setdefault(head, {})[sub] = value
+        else:
+            out[key] = value
+    return out
+
+
+def default_predict_factory(checkpoint: str, overrides: dict[str, Any] | None = None) -> Predict:
     """Load MI-Net from a ``.pth`` file or an orbax checkpoint folder; return its unclamped predictor."""
     from minet_jax import dehaze, load_pretrained
 
-    model = load_pretrained(checkpoint)
+    model = load_pretrained(checkpoint, **(overrides or {}))
     return lambda rgb: np.asarray(dehaze(model, rgb, clip=False), dtype=np.float32)
 
 
@@ -206,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--border-crop", type=int, default=0, metavar="N", help="ignore N pixels on every side when scoring")
     p.add_argument("--limit", type=int, default=None, metavar="K", help="only the first K images (natural order)")
     p.add_argument("--no-images", action="store_true", help="do not save the dehazed images")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a model setting that holds no weights, e.g. --set dtype=bfloat16, --set T=16, "
+        "--set solver.forward=fixed_point --set solver.tol=1e-3 (repeatable)",
+    )  # fmt: skip
     return p
 
 
@@ -231,14 +255,21 @@ def main(argv: Sequence[str] | None = None, predict_factory: Callable[[str], Pre
     if args.limit is not None:
         pairs = pairs[: args.limit]
 
-    predict = (predict_factory or default_predict_factory)(args.checkpoint)
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        parser.error(str(e))
+    if predict_factory is None:
+        predict = default_predict_factory(args.checkpoint, overrides)
+    else:
+        predict = predict_factory(args.checkpoint)
     metrics = evaluate(
         predict,
         pairs,
         args.output,
         border_crop=args.border_crop,
         save_images=not args.no_images,
-        extra={"checkpoint": str(args.checkpoint), "data": str(args.data)},
+        extra={"checkpoint": str(args.checkpoint), "data": str(args.data), "model_overrides": overrides},
     )
 
     if "psnr" in metrics:

@@ -20,6 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from tqdm import tqdm
@@ -145,6 +147,19 @@ def input_quality(images: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Devices: batches sharded over every device of every process, parameters replicated.
+
+
+def make_mesh() -> Mesh:
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """This process's rows of the batch as one array sharded over all devices of all processes."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+# ---------------------------------------------------------------------------------------------
 # Main loop
 
 
@@ -155,7 +170,16 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
     t_start = time.time()
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(cfg.to_json(indent=2))
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(cfg.to_json(indent=2))
+
+    mesh = make_mesh()
+    if cfg.batch_size % jax.device_count():
+        raise TrainingError(
+            f"config.batch_size {cfg.batch_size} must be a multiple of the {jax.device_count()} devices "
+            f"({jax.process_count()} processes) it is sharded over"
+        )
+    replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
     # Model and optimiser
     model = build_model(cfg.model, seed=cfg.seed)
@@ -167,23 +191,27 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
     if mngr.latest_step() is not None:
         state = restore(mngr, state, graphdef, cfg)
         print(f"resumed from {mngr.directory / str(int(state.step))}", flush=True)
+    state = jax.device_put(state, replicated)
     start = int(state.step)
 
     # Data
     val_images = input_pipeline.val_images(cfg.data)
     inputs = input_quality(val_images)
-    batches = input_pipeline.train_iterator(cfg.data, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start)
+    batches = input_pipeline.train_iterator(
+        cfg.data, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )  # fmt: skip
 
     train_step = training.make_train_step(graphdef, tx, cfg.loss)
     predict = training.make_predict(graphdef)
-    log = MetricLog(workdir)
+    is_main = jax.process_index() == 0
+    log = MetricLog(workdir, enabled=is_main)
     val = None
-    bar = tqdm(total=cfg.num_steps, initial=start, desc="train", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.num_steps, initial=start, desc="train", disable=not (cfg.progress and is_main), dynamic_ncols=True)
     t_last, n_last = time.time(), start
     try:
         for step in range(start + 1, cfg.num_steps + 1):
-            batch = next(batches)
-            state, metrics = train_step(state, batch)
+            state, metrics = train_step(state, global_batch(next(batches), data_sharding))
             bar.update(1)
             final = step == cfg.num_steps
             if step % cfg.log_every == 0 or final:
@@ -234,7 +262,8 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
         "processes": jax.process_count(),
         "backend": jax.default_backend(),
     }
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if is_main:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     mngr.close()
     return summary
 
@@ -243,6 +272,8 @@ def main(argv: list[str]) -> int:
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     cfg = _CONFIG.value
+    if cfg.distributed:
+        jax.distributed.initialize()  # coordinator, process count and id from the environment
     try:
         summary = train_and_evaluate(cfg, _WORKDIR.value)
     except TrainingError as e:

@@ -38,6 +38,19 @@ def build_model(cfg: dict | ml_collections.ConfigDict, seed: int = 0) -> MINet:
     return MINet(full, rngs=nnx.Rngs(seed))
 
 
+def with_overrides(cfg: dict | ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+    """A copy of `cfg` with `overrides` applied (nested dicts merge, e.g. solver={"forward": ...})."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else _tuples(cfg))
+    for key, value in overrides.items():
+        if key not in cfg:
+            raise ValueError(f"unknown model setting {key!r}; known: {', '.join(sorted(cfg))}")
+        if isinstance(value, dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = tuple(value) if isinstance(value, list) else value
+    return cfg
+
+
 def abstract_model(cfg: dict | ml_collections.ConfigDict) -> MINet:
     """The model's structure with shape-only parameters (no random initialisation cost)."""
     return nnx.eval_shape(lambda: build_model(cfg))
@@ -96,27 +109,32 @@ def _step_dir(path: Path) -> Path:
     )
 
 
-def load_checkpoint_model(path: str | Path) -> MINet:
+def load_checkpoint_model(path: str | Path, **overrides) -> MINet:
     """Rebuild the model a checkpoint directory was saved from, with its parameters."""
     path = _step_dir(Path(path).resolve())
     if not (path / "model_config").is_dir():
         raise ValueError(f"{path} has no model_config item; cannot tell which network it holds")
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         cfg = ckptr.restore(path, args=ocp.args.Composite(model_config=ocp.args.JsonRestore()))
-        graphdef, state = nnx.split(abstract_model(cfg["model_config"]))
-        target = nnx.to_pure_dict(state)
+        graphdef, state = nnx.split(abstract_model(with_overrides(cfg["model_config"], overrides)))
+        # Explicit single-device shardings: a checkpoint written from 8 GPUs loads on one CPU.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(state))
         restored = ckptr.restore(path, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
     nnx.replace_by_pure_dict(state, restored["params"])
     return nnx.merge(graphdef, state)
 
 
-def load_pretrained(path: str | Path) -> MINet:
-    """A ready model from the authors' `.pth` weights or from a minet-jax checkpoint directory."""
+def load_pretrained(path: str | Path, **overrides) -> MINet:
+    """A ready model from the authors' `.pth` weights or from a minet-jax checkpoint directory.
+
+    `overrides` change model settings that hold no parameters, e.g. `dtype="bfloat16"`,
+    `precision="highest"`, `T=16` or `solver={"forward": "fixed_point", "tol": 1e-3}`."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if p.is_file():
         from minet_jax.convert import load_torch_weights  # noqa: PLC0415
 
-        return load_torch_weights(p)
-    return load_checkpoint_model(p)
+        return load_torch_weights(p, **overrides)
+    return load_checkpoint_model(p, **overrides)

@@ -64,13 +64,14 @@ def torch_to_flat_params(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndar
     return out
 
 
-def load_torch_weights(path: str | Path) -> MINet:
-    """The official MI-Net holding the weights of a PyTorch `.pth` file."""
-    from minet_jax.checkpoint import model_from_flat_params  # noqa: PLC0415
+def load_torch_weights(path: str | Path, **overrides) -> MINet:
+    """The official MI-Net holding the weights of a PyTorch `.pth` file; `overrides` change
+    settings that hold no parameters (e.g. dtype="bfloat16", T=12, solver={"forward": ...})."""
+    from minet_jax.checkpoint import model_from_flat_params, with_overrides  # noqa: PLC0415
     from minet_jax.torch_pickle import load_torch_file  # noqa: PLC0415
 
     flat = torch_to_flat_params(load_torch_file(path))
-    return model_from_flat_params(model_config("official"), flat, source=str(path))
+    return model_from_flat_params(with_overrides(model_config("official"), overrides), flat, source=str(path))
 
 
 def main(argv: list[str] | None = None) -> int:

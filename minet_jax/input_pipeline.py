@@ -112,12 +112,18 @@ def _stack(elements: Sequence[dict]) -> dict[str, np.ndarray]:
     return {k: np.stack([e[k] for e in elements]).astype(np.float32) / np.float32(255) for k in ("hazy", "clear")}
 
 
-def train_dataset(cfg: ml_collections.ConfigDict, *, batch_size: int, seed: int):
-    """The infinite training `grain.MapDataset` of batches: ``ds[k]`` is batch ``k``."""
+def train_dataset(
+    cfg: ml_collections.ConfigDict, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+):
+    """The infinite training `grain.MapDataset` of batches: ``ds[k]`` is batch ``k``.
+
+    With several processes, `batch_size` is the global batch: process p gets the elements
+    p, p + P, p + 2P, ... of the global stream, so the processes' batch k together hold exactly
+    the elements of the single-process batch k."""
     import grain
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if batch_size < 1 or batch_size % process_count:
+        raise ValueError(f"batch_size must be a positive multiple of the process count {process_count}, got {batch_size}")
     builder = _builder(cfg.name, cfg.manual_dir, cfg)
     if "train" not in builder.info.splits:
         raise ValueError(f"data set {cfg.name!r} has no train split (it has: {', '.join(builder.info.splits)})")
@@ -130,21 +136,30 @@ def train_dataset(cfg: ml_collections.ConfigDict, *, batch_size: int, seed: int)
         .shuffle(seed=shuffle_seed)  # epoch e uses permutation seed shuffle_seed + e
         .repeat()
         .map(_decode)
-        .random_map(_Augment(int(cfg.crop_size), bool(cfg.flip)), seed=augment_seed)
-        .batch(batch_size, drop_remainder=True, batch_fn=_stack)
+        .random_map(_Augment(int(cfg.crop_size), bool(cfg.flip)), seed=augment_seed)[process_index::process_count]
+        .batch(batch_size // process_count, drop_remainder=True, batch_fn=_stack)
     )
 
 
 def train_iterator(
-    cfg: ml_collections.ConfigDict, *, batch_size: int, seed: int, start_step: int = 0
+    cfg: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless batches ``{"hazy", "clear"}`` of float32 ``[B, H, W, 3]`` RGB on [0, 1], from batch
-    `start_step` on. Call ``close()`` on it when done if ``cfg.workers > 0``."""
+    `start_step` on (this process's share of the global batch `batch_size`). Call ``close()`` on
+    it when done if ``cfg.workers > 0``."""
     import grain
 
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
-    ds = train_dataset(cfg, batch_size=batch_size, seed=seed)[start_step:]
+    ds = train_dataset(
+        cfg, batch_size=batch_size, seed=seed, process_index=process_index, process_count=process_count
+    )[start_step:]
     if cfg.workers > 0:
         from absl import flags
 

@@ -15,14 +15,18 @@ from minet_jax.imageio import to_uint8, write_png
 
 class MetricLog:
     """Writes scalars to `WORKDIR/tensorboard/` and `WORKDIR/metrics.jsonl`, images to both
-    TensorBoard and `WORKDIR/images/`."""
+    TensorBoard and `WORKDIR/images/`. Disabled (writes nothing) on all but one process."""
 
-    def __init__(self, workdir: str | Path):
+    def __init__(self, workdir: str | Path, enabled: bool = True):
         self.workdir = Path(workdir)
-        self.tb = SummaryWriter(str(self.workdir / "tensorboard"))
-        self.jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self.enabled = enabled
+        if enabled:
+            self.tb = SummaryWriter(str(self.workdir / "tensorboard"))
+            self.jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         clean = {k: float(v) for k, v in values.items()}
         for k, v in clean.items():
             self.tb.add_scalar(k, v, step)
@@ -30,7 +34,9 @@ class MetricLog:
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
 
-    def image(self, step: int, name: str, rgb_uint8: np.ndarray) -> Path:
+    def image(self, step: int, name: str, rgb_uint8: np.ndarray) -> Path | None:
+        if not self.enabled:
+            return None
         self.tb.add_image(name, rgb_uint8, step, dataformats="HWC")
         path = self.workdir / "images" / f"{name.replace('/', '_')}_{step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +44,8 @@ class MetricLog:
         return path
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self.tb.close()
         self.jsonl.close()
 

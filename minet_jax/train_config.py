@@ -32,4 +32,7 @@ def base_config(variant: str = "official") -> ml_collections.ConfigDict:
     c.image_every = 100  # hazy | dehazed | clear grid of validation images
     c.grid_images = 3
     c.progress = True  # tqdm progress bar
+    # Multi-host: call jax.distributed.initialize() (SLURM, TPU pods and Cloud TPU fill in the
+    # coordinator and process ids from the environment); each process reads its own data shard.
+    c.distributed = False
     return c
