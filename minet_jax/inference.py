@@ -45,14 +45,25 @@ def as_rgb01(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected uint8 (0..255) or float ([0, 1]) pixels, got dtype {x.dtype}")
 
 
-def dehaze(model: MINet, image: np.ndarray, clip: bool = True) -> np.ndarray:
+def dehaze(model: MINet, image: np.ndarray, clip: bool = True, tile: int = 0, overlap: int = 64) -> np.ndarray:
     """Dehaze an RGB image (HxWx3 uint8, or float in [0, 1]; a leading batch axis is allowed).
 
     Returns float32 RGB on the [0, 1] scale with the input's shape; `clip=False` gives the
-    unclamped network output on that scale.
+    unclamped network output on that scale. `tile > 0` runs overlapping tile x tile pieces one at
+    a time (bounded memory; instance norm then sees per-tile statistics, see tiling.py).
     """
     x = as_rgb01(image)
     graphdef, state = nnx.split(model)
-    y = _dehaze_rgb01(graphdef, state, jnp.asarray(x if x.ndim == 4 else x[None]))
-    y = np.asarray(y if x.ndim == 4 else y[0])
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(_dehaze_rgb01(graphdef, state, jnp.asarray(batch)))
+
+    if tile > 0:
+        from minet_jax.tiling import tiled_apply  # noqa: PLC0415
+
+        frames = x if x.ndim == 4 else x[None]
+        y = np.stack([tiled_apply(lambda p: run(p[None])[0], f, tile, overlap) for f in frames])
+    else:
+        y = run(x if x.ndim == 4 else x[None])
+    y = y if x.ndim == 4 else y[0]
     return np.clip(y, 0.0, 1.0) if clip else y

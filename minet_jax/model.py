@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from minet_jax import solvers
+from minet_jax import conv, solvers
 from minet_jax.model_config import model_config
 
 Array = jax.Array
@@ -32,12 +32,23 @@ def _precision(cfg: ml_collections.ConfigDict):
     return jax.lax.Precision[cfg.precision.upper()] if cfg.precision else None
 
 
+def _conv_fn(cfg: ml_collections.ConfigDict):
+    impl = cfg.get("conv_impl", "xla")
+    if impl == "auto":
+        impl = "im2col" if jax.default_backend() == "cpu" else "xla"
+    if impl == "im2col":
+        return conv.conv_general_dilated
+    if impl == "xla":
+        return jax.lax.conv_general_dilated
+    raise ValueError(f"model.conv_impl must be 'xla', 'im2col' or 'auto', got {impl!r}")
+
+
 def _conv(cfg, cin, cout, k, *, stride=1, dilation=1, bias=False, groups=1, init=_kaiming, rngs):
     pad = dilation * (k - 1) // 2
     return nnx.Conv(
         cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)),
         kernel_dilation=dilation, use_bias=bias, feature_group_count=groups, kernel_init=init,
-        dtype=_dtype(cfg), precision=_precision(cfg), rngs=rngs,
+        dtype=_dtype(cfg), precision=_precision(cfg), conv_general_dilated=_conv_fn(cfg), rngs=rngs,
     )  # fmt: skip
 
 

@@ -62,6 +62,10 @@ def model_config(variant: str = "official") -> ml_collections.ConfigDict:
             init="pytorch",
             dtype="float32",  # compute dtype of the convolutions ("bfloat16" for mixed precision)
             precision="",  # jax.lax.Precision name for convolutions, e.g. "highest"; "" = default
+            # Weight gradient of the convolutions: "xla" (XLA's own), "im2col" (one GEMM of image
+            # patches, minet_jax/conv.py; much faster on CPU), "auto" = im2col on CPU only.
+            # Forward values are identical either way.
+            conv_impl="auto",
             solver=solver_config(),
         )
     )
