@@ -202,7 +202,8 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
         process_index=jax.process_index(), process_count=jax.process_count(),
     )  # fmt: skip
 
-    train_step = training.make_train_step(graphdef, tx, cfg.loss)
+    train_step = training.make_train_step(graphdef, tx, cfg.loss, cfg.stability)
+    stability_probe = training.make_stability_probe(graphdef, cfg.stability.iters) if cfg.stability.every else None
     predict = training.make_predict(graphdef)
     is_main = jax.process_index() == 0
     log = MetricLog(workdir, enabled=is_main)
@@ -211,7 +212,8 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
     t_last, n_last = time.time(), start
     try:
         for step in range(start + 1, cfg.num_steps + 1):
-            state, metrics = train_step(state, global_batch(next(batches), data_sharding))
+            batch = global_batch(next(batches), data_sharding)
+            state, metrics = train_step(state, batch)
             bar.update(1)
             final = step == cfg.num_steps
             if step % cfg.log_every == 0 or final:
@@ -225,6 +227,8 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
                 values = {k: float(v) for k, v in metrics.items()}
                 values["lr"] = float(schedule(step - 1))
                 values["images_per_second"] = (step - n_last) * cfg.batch_size / max(now - t_last, 1e-9)
+                if stability_probe is not None and step % cfg.stability.every == 0:
+                    values.update({k: float(v) for k, v in stability_probe(state.params, batch["hazy"], step).items()})
                 t_last, n_last = now, step
                 log.scalars(step, values)
                 bar.set_postfix(loss=f"{values['loss']:.4g}", psnr=f"{values['train_psnr']:.2f}")

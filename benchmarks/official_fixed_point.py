@@ -1,7 +1,7 @@
 """Does each IM-block of the authors' released network converge when iterated to a fixed point?
 
     python benchmarks/official_fixed_point.py --weights ../shared/weights/minet_its_official.pth \
-        --data ../shared/data/sots-indoor-mini --output out/official_fixed_point [--limit N]
+        --data ../shared/data/sots-indoor-mini --output out/official_fixed_point [--limit N] [--every K]
 
 For every image: the exact network (T = 8 unrolled steps, eta = 1) and the same weights with the
 `fixed_point` forward (iterate until the relative residual < tol, at most max_iter); per block
@@ -50,12 +50,13 @@ def main() -> int:
     p.add_argument("--tol", type=float, default=1e-3)
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--every", type=int, default=1, help="take every K-th image (natural order)")
     args = p.parse_args()
     exact = load_pretrained(args.weights)
     fixed = load_pretrained(
         args.weights, solver={"forward": "fixed_point", "tol": args.tol, "max_iter": args.max_iter}
     )
-    pairs = find_pairs(args.data)
+    pairs = find_pairs(args.data)[:: args.every]
     pairs = pairs[: args.limit] if args.limit else pairs
     records = []
     for pair in pairs:

@@ -18,9 +18,10 @@ def solver_config() -> ml_collections.ConfigDict:
         dict(
             forward="unrolled",  # unrolled | fixed_point | anderson
             backward="unrolled",  # unrolled | implicit | phantom
-            # lax.scan unroll factor; "auto" fully unrolls on CPU, where backprop through a rolled
-            # scan of convolutions is ~50x slower (jax#12868), and keeps the loop rolled elsewhere.
-            unroll="auto",
+            # lax.scan unroll factor (an int, so --config overrides work); 0 = auto: fully unrolled
+            # on CPU, where backprop through a rolled scan of convolutions is ~50x slower
+            # (jax#12868), rolled (1) elsewhere.
+            unroll=0,
             tol=1e-3,  # relative residual ||g_next - g|| / ||g|| for fixed_point / anderson
             max_iter=50,
             anderson_m=5,
@@ -62,10 +63,11 @@ def model_config(variant: str = "official") -> ml_collections.ConfigDict:
             init="pytorch",
             dtype="float32",  # compute dtype of the convolutions ("bfloat16" for mixed precision)
             precision="",  # jax.lax.Precision name for convolutions, e.g. "highest"; "" = default
-            # Weight gradient of the convolutions: "xla" (XLA's own), "im2col" (one GEMM of image
-            # patches, minet_jax/conv.py; much faster on CPU), "auto" = im2col on CPU only.
-            # Forward values are identical either way.
-            conv_impl="auto",
+            # Weight gradient of the convolutions: "xla" (XLA's own) or "im2col" (one GEMM of image
+            # patches, minet_jax/conv.py; "auto" = im2col on CPU only). Forward values are
+            # identical. im2col triples a training step's XLA memory, and whether it is faster on
+            # CPU is not settled yet (noisy measurements disagree), so XLA's stays the default.
+            conv_impl="xla",
             solver=solver_config(),
         )
     )

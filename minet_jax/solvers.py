@@ -83,8 +83,9 @@ def relative_residual(new: Array, old: Array) -> Array:
 
 
 def resolve_unroll(unroll: int | bool | str, T: int) -> int | bool:
-    """`"auto"` unrolls fully on CPU (rolled scans backprop ~50x slower there) and not elsewhere."""
-    if unroll == "auto":
+    """`"auto"` (or 0) unrolls fully on CPU (rolled scans backprop ~50x slower there) and not
+    elsewhere; a positive int is scan's unroll factor (>= T unrolls fully)."""
+    if unroll == "auto" or (unroll == 0 and not isinstance(unroll, bool)):
         return True if jax.default_backend() == "cpu" else 1
     if not isinstance(unroll, str):
         return unroll

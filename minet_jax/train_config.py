@@ -35,4 +35,9 @@ def base_config(variant: str = "official") -> ml_collections.ConfigDict:
     # Multi-host: call jax.distributed.initialize() (SLURM, TPU pods and Cloud TPU fill in the
     # coordinator and process ids from the environment); each process reads its own data shard.
     c.distributed = False
+    # Theorem 1 while training: every `every` steps log an Arnoldi estimate of each block's
+    # spectral radius of eta J_f (0 = never); `weight` > 0 adds a Jacobian regulariser to the loss.
+    c.stability = ml_collections.ConfigDict(
+        dict(every=50, iters=20, weight=0.0, kind="frobenius", margin=0.9, num_probes=1)
+    )
     return c

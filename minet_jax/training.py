@@ -78,22 +78,48 @@ def _forward(graphdef, params, hazy, probes=None):
     return from_network(y, fmt), aux
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss: str):
-    """The jitted `(state, batch) -> (state, metrics)`; a non-finite loss or gradient leaves the
-    parameters untouched and clears `state.last_good`, which the loop checks."""
+def _stability_penalty(graphdef, params, block_outputs, key, cfg) -> jax.Array:
+    """Sum over IM-blocks of a Jacobian regulariser of f at the block's output iterate."""
+    from minet_jax.stability import block_fields, jacobian_penalty  # noqa: PLC0415
 
-    def loss_fn(params, probes, batch):
+    fields = block_fields(nnx.merge(graphdef, params))
+    keys = jax.random.split(key, len(fields))
+    return sum(
+        jacobian_penalty(f, p, g, k, kind=cfg.kind, eta=eta, num_probes=cfg.num_probes, margin=cfg.margin)
+        for (_, _, f, p, eta), g, k in zip(fields, block_outputs, keys, strict=True)
+    )
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    loss: str,
+    stability: ml_collections.ConfigDict | None = None,
+):
+    """The jitted `(state, batch) -> (state, metrics)`; a non-finite loss or gradient leaves the
+    parameters untouched and clears `state.last_good`, which the loop checks. With
+    `stability.weight > 0` the loss adds that weight times a Jacobian regulariser of each block's
+    f (`stability.kind`: "frobenius" Hutchinson ||J||_F^2 or "radius" above `stability.margin`)."""
+    weight = float(stability.weight) if stability is not None else 0.0
+
+    def loss_fn(params, probes, batch, key):
         out, aux = _forward(graphdef, params, batch["hazy"], probes)
-        return loss_value(loss, out, batch["clear"]), (out, aux)
+        value = loss_value(loss, out, batch["clear"])
+        penalty = jnp.zeros((), jnp.float32)
+        if weight > 0:
+            penalty = _stability_penalty(graphdef, params, aux["block_outputs"], key, stability)
+        aux["stability_penalty"] = penalty
+        return value + weight * penalty, (value, out, aux)
 
     @jax.jit
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         # The probes' gradient carries each block's backward-solve [iterations, residual].
         probes = jnp.zeros((3, 2), jnp.float32)
         grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-        (value, (out, aux)), (grads, backward) = grad_fn(state.params, probes, batch)
+        key = jax.random.fold_in(jax.random.key(0), state.step)  # a function of the step: resumable
+        (total, (value, out, aux)), (grads, backward) = grad_fn(state.params, probes, batch, key)
         gnorm = optax.tree.norm(grads)
-        finite = jnp.isfinite(value) & jnp.isfinite(gnorm)
+        finite = jnp.isfinite(total) & jnp.isfinite(gnorm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
@@ -105,6 +131,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
             "loss": value,
             "grad_norm": gnorm,
             "train_psnr": batch_psnr(out, batch["clear"]),
+            "stability/penalty": aux["stability_penalty"],
             **{f"solver/block{i + 1}_iterations": s.iterations for i, s in enumerate(stats)},
             **{f"solver/block{i + 1}_residual": s.residual for i, s in enumerate(stats)},
             **{f"solver/block{i + 1}_backward_iterations": backward[i, 0] for i in range(len(stats))},
@@ -113,6 +140,26 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
         return new_state, metrics
 
     return train_step
+
+
+def make_stability_probe(graphdef: nnx.GraphDef, iters: int = 20):
+    """The jitted `(params, hazy, step) -> {name: estimate}`: per block, a cheap Arnoldi estimate of
+    the spectral radius of eta J_f at the block's output iterate (Theorem 1 asks for < 1)."""
+    from minet_jax.stability import block_fields, spectral_radius_estimate  # noqa: PLC0415
+
+    @jax.jit
+    def probe(params, hazy, step):
+        _, aux = _forward(graphdef, params, hazy[:1])
+        fields = block_fields(nnx.merge(graphdef, params))
+        key = jax.random.fold_in(jax.random.key(1), step)
+        return {
+            f"stability/block{i + 1}_radius": spectral_radius_estimate(
+                f, p, jax.lax.stop_gradient(g), eta=eta, iters=iters, key=jax.random.fold_in(key, i)
+            )
+            for i, ((_, _, f, p, eta), g) in enumerate(zip(fields, aux["block_outputs"], strict=True))
+        }
+
+    return probe
 
 
 def make_predict(graphdef: nnx.GraphDef):

@@ -82,6 +82,8 @@ def test_summary_and_outputs(finished_run):
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == cfg.num_steps // cfg.log_every and all(np.isfinite(losses))
     assert any(abs(r.get("lr", -1) - cfg.lr) < 1e-9 for r in records)
+    radii = [r[f"stability/block{i}_radius"] for r in records if "stability/block1_radius" in r for i in (1, 2, 3)]
+    assert len(radii) == 3 * (cfg.num_steps // cfg.stability.every) and all(0 < x < 100 for x in radii)
     assert any(p.stat().st_size > 0 for p in (workdir / "tensorboard").iterdir())
     grid = read_rgb(sorted((workdir / "images").iterdir())[-1])
     assert grid.shape == (48, 3 * 64 + 2 * 4, 3)
