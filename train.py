@@ -123,20 +123,6 @@ def best_saved(mngr) -> tuple[int | None, float | None]:
 # Validation
 
 
-def validate(predict, params, images: list[dict]) -> tuple[dict, list]:
-    """Mean PSNR / SSIM of the outputs rounded to uint8 against the clear images, and how many
-    outputs held non-finite values."""
-    p, s, outs, bad = [], [], [], 0
-    for ex in images:
-        out = np.asarray(predict(params, ex["hazy"][None]))[0]
-        bad += int(not np.isfinite(out).all())
-        out_u8, clear_u8 = to_uint8(out), to_uint8(ex["clear"])
-        p.append(psnr(out_u8, clear_u8))
-        s.append(ssim(out_u8, clear_u8))
-        outs.append(out)
-    return {"val_psnr": float(np.mean(p)), "val_ssim": float(np.mean(s)), "val_nonfinite": bad}, outs
-
-
 def input_quality(images: list[dict]) -> dict:
     """The hazy inputs' own PSNR / SSIM against the clear images."""
     hz = [(to_uint8(ex["hazy"]), to_uint8(ex["clear"])) for ex in images]
@@ -233,7 +219,7 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
                 log.scalars(step, values)
                 bar.set_postfix(loss=f"{values['loss']:.4g}", psnr=f"{values['train_psnr']:.2f}")
             if step % cfg.eval_every == 0 or final:
-                val, outs = validate(predict, state.params, val_images)
+                val, outs = training.validate(predict, state.params, val_images)
                 if val["val_nonfinite"]:
                     raise TrainingError(
                         f"non-finite validation output at step {step}; not checkpointing, the last good "

@@ -229,18 +229,6 @@ def _block_stats(metrics: dict, name: str, cast=float) -> list:
     return [cast(metrics[f"solver/block{i + 1}_{name}"]) for i in range(BLOCKS)]
 
 
-def validate(predict, params, images: list[dict]) -> dict:
-    """train.py's validation: mean PSNR / SSIM of uint8-rounded outputs against the clear images."""
-    p, s, bad = [], [], 0
-    for ex in images:
-        out = np.asarray(predict(params, ex["hazy"][None]))[0]
-        bad += int(not np.isfinite(out).all())
-        out_u8, clear_u8 = to_uint8(out), to_uint8(ex["clear"])
-        p.append(psnr(out_u8, clear_u8))
-        s.append(ssim(out_u8, clear_u8))
-    return {"val_psnr": float(np.mean(p)), "val_ssim": float(np.mean(s)), "val_nonfinite": bad}
-
-
 def _compiled_step(cfg: ml_collections.ConfigDict, params: Any, batch: dict, compiler_options: dict | None = None):
     """(graphdef, fresh TrainState at `params`, make_train_step's step compiled ahead of time, compile s)."""
     tx = training.make_optimizer(cfg)
@@ -308,7 +296,7 @@ def run_config(
         if not bool(s.last_good):
             rec["error"] = "non-finite loss or gradient during training (updates skipped)"
         if val:
-            rec.update(validate(training.make_predict(graphdef), s.params, val))
+            rec.update(training.validate(training.make_predict(graphdef), s.params, val)[0])
     return rec, grad
 
 

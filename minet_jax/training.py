@@ -12,10 +12,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
+from minet_jax.imageio import to_uint8
 from minet_jax.inference import from_network, to_network
+from minet_jax.metrics import psnr, ssim
 from minet_jax.model import MINet
 
 LOSSES = ("mse", "l1", "frobenius")
@@ -170,3 +173,17 @@ def make_predict(graphdef: nnx.GraphDef):
         return _forward(graphdef, params, hazy)[0]
 
     return predict
+
+
+def validate(predict, params, images: list[dict]) -> tuple[dict, list[np.ndarray]]:
+    """Mean PSNR / SSIM of the outputs rounded to uint8 against the clear images, how many outputs
+    held non-finite values, and the outputs themselves."""
+    p, s, outs, bad = [], [], [], 0
+    for ex in images:
+        out = np.asarray(predict(params, ex["hazy"][None]))[0]
+        bad += int(not np.isfinite(out).all())
+        out_u8, clear_u8 = to_uint8(out), to_uint8(ex["clear"])
+        p.append(psnr(out_u8, clear_u8))
+        s.append(ssim(out_u8, clear_u8))
+        outs.append(out)
+    return {"val_psnr": float(np.mean(p)), "val_ssim": float(np.mean(s)), "val_nonfinite": bad}, outs
