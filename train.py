@@ -213,11 +213,13 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
                 values = {k: float(v) for k, v in metrics.items()}
                 values["lr"] = float(schedule(step - 1))
                 values["images_per_second"] = (step - n_last) * cfg.batch_size / max(now - t_last, 1e-9)
-                if stability_probe is not None and step % cfg.stability.every == 0:
-                    values.update({k: float(v) for k, v in stability_probe(state.params, batch["hazy"], step).items()})
                 t_last, n_last = now, step
                 log.scalars(step, values)
                 bar.set_postfix(loss=f"{values['loss']:.4g}", psnr=f"{values['train_psnr']:.2f}")
+            if stability_probe is not None and step % cfg.stability.every == 0:
+                # Its own schedule: tying it to log steps silently skipped it when the periods differed.
+                radii = stability_probe(state.params, batch["hazy"], step)
+                log.scalars(step, {k: float(v) for k, v in radii.items()})
             if step % cfg.eval_every == 0 or final:
                 val, outs = training.validate(predict, state.params, val_images)
                 if val["val_nonfinite"]:

@@ -23,7 +23,7 @@ def get_config():
     c.checkpoint_every = 2
     c.keep_checkpoints = 2
     c.image_every = 3
-    c.stability.every = 2
+    c.stability.every = 3  # not a multiple of log_every: the probe keeps its own schedule
     c.stability.iters = 4
     c.grid_images = 1
     c.progress = False
