@@ -1,6 +1,7 @@
 """Dehaze a folder of images with MI-Net and score the results against ground truth.
 
     python evaluate.py --checkpoint CKPT --data DIR --output OUT [--border-crop N] [--limit K] [--no-images]
+                       [--set dtype=bfloat16] [--tile 256 --overlap 32]
 
 Writes ``OUT/metrics.json`` (means of per-image PSNR / SSIM on the uint8 outputs, the
 authors' PSNR of the mean unclamped squared error, and the same metrics for the hazy input),
@@ -205,12 +206,15 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def default_predict_factory(checkpoint: str, overrides: dict[str, Any] | None = None) -> Predict:
-    """Load MI-Net from a ``.pth`` file or an orbax checkpoint folder; return its unclamped predictor."""
+def default_predict_factory(
+    checkpoint: str, overrides: dict[str, Any] | None = None, tile: int = 0, overlap: int = 64
+) -> Predict:
+    """Load MI-Net from a ``.pth`` file or an orbax checkpoint folder; return its unclamped predictor
+    (whole images, or overlapping ``tile`` x ``tile`` pieces when ``tile > 0``)."""
     from minet_jax import dehaze, load_pretrained
 
     model = load_pretrained(checkpoint, **(overrides or {}))
-    return lambda rgb: np.asarray(dehaze(model, rgb, clip=False), dtype=np.float32)
+    return lambda rgb: np.asarray(dehaze(model, rgb, clip=False, tile=tile, overlap=overlap), dtype=np.float32)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--border-crop", type=int, default=0, metavar="N", help="ignore N pixels on every side when scoring")
     p.add_argument("--limit", type=int, default=None, metavar="K", help="only the first K images (natural order)")
     p.add_argument("--no-images", action="store_true", help="do not save the dehazed images")
+    p.add_argument(
+        "--tile", type=int, default=0, metavar="S",
+        help="dehaze overlapping S x S tiles one at a time (bounded memory for large images; 0 = whole images)",
+    )  # fmt: skip
+    p.add_argument("--overlap", type=int, default=64, metavar="P", help="tile overlap in pixels (with --tile)")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override a model setting that holds no weights, e.g. --set dtype=bfloat16, --set T=16, "
@@ -244,6 +253,8 @@ def main(argv: Sequence[str] | None = None, predict_factory: Callable[[str], Pre
         parser.error(f"--border-crop must be >= 0, got {args.border_crop}")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
+    if args.tile < 0 or (args.tile and not 0 <= args.overlap < args.tile):
+        parser.error(f"need --tile >= 0 and 0 <= --overlap < --tile, got --tile {args.tile} --overlap {args.overlap}")
     if not Path(args.checkpoint).exists():
         print(f"error: checkpoint not found: {args.checkpoint}", file=sys.stderr)
         return 2
@@ -260,7 +271,7 @@ def main(argv: Sequence[str] | None = None, predict_factory: Callable[[str], Pre
     except ValueError as e:
         parser.error(str(e))
     if predict_factory is None:
-        predict = default_predict_factory(args.checkpoint, overrides)
+        predict = default_predict_factory(args.checkpoint, overrides, args.tile, args.overlap)
     else:
         predict = predict_factory(args.checkpoint)
     metrics = evaluate(
@@ -269,7 +280,10 @@ def main(argv: Sequence[str] | None = None, predict_factory: Callable[[str], Pre
         args.output,
         border_crop=args.border_crop,
         save_images=not args.no_images,
-        extra={"checkpoint": str(args.checkpoint), "data": str(args.data), "model_overrides": overrides},
+        extra={
+            "checkpoint": str(args.checkpoint), "data": str(args.data), "model_overrides": overrides,
+            "tile": args.tile, "overlap": args.overlap if args.tile else None,
+        },  # fmt: skip
     )
 
     if "psnr" in metrics:

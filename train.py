@@ -149,6 +149,18 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
 # Main loop
 
 
+def stability_probe_input(val_images: list[dict], crop_size: int) -> np.ndarray | None:
+    """The training-time radius probe's input: a fixed central crop (training crop size, else 128)
+    of the first validation image, so that its curve follows the parameters and not the batch.
+    None (probe the batch instead) without validation images."""
+    if not val_images:
+        return None
+    img = val_images[0]["hazy"]
+    s = min(int(crop_size) or 128, *img.shape[:2])
+    y, x = (img.shape[0] - s) // 2, (img.shape[1] - s) // 2
+    return np.ascontiguousarray(img[None, y : y + s, x : x + s])
+
+
 def train_and_evaluate(cfg, workdir: str | Path) -> dict:
     """Train per `cfg` in `workdir` (resuming if it holds checkpoints); returns the summary."""
     from minet_jax import input_pipeline  # noqa: PLC0415 (tfds / grain are heavy imports)
@@ -190,6 +202,7 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
 
     train_step = training.make_train_step(graphdef, tx, cfg.loss, cfg.stability)
     stability_probe = training.make_stability_probe(graphdef, cfg.stability.iters) if cfg.stability.every else None
+    probe_input = stability_probe_input(val_images, cfg.data.crop_size)
     predict = training.make_predict(graphdef)
     is_main = jax.process_index() == 0
     log = MetricLog(workdir, enabled=is_main)
@@ -218,7 +231,7 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
                 bar.set_postfix(loss=f"{values['loss']:.4g}", psnr=f"{values['train_psnr']:.2f}")
             if stability_probe is not None and step % cfg.stability.every == 0:
                 # Its own schedule: tying it to log steps silently skipped it when the periods differed.
-                radii = stability_probe(state.params, batch["hazy"], step)
+                radii = stability_probe(state.params, batch["hazy"] if probe_input is None else probe_input, step)
                 log.scalars(step, {k: float(v) for k, v in radii.items()})
             if step % cfg.eval_every == 0 or final:
                 val, outs = training.validate(predict, state.params, val_images)

@@ -146,3 +146,13 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_dirs, tmp_path
     for a, b in zip(good, _final_params(tmp_path), strict=True):
         np.testing.assert_array_equal(a, b)
     assert all(np.isfinite(a).all() for a in good)
+
+
+def test_stability_probe_input_is_a_fixed_central_validation_crop():
+    img = np.arange(10 * 14 * 3, dtype=np.float32).reshape(10, 14, 3)
+    crop = train.stability_probe_input([{"hazy": img}, {"hazy": -img}], crop_size=4)
+    assert crop.shape == (1, 4, 4, 3)
+    np.testing.assert_array_equal(crop[0], img[3:7, 5:9])
+    # Crop larger than the image: the largest central square.
+    assert train.stability_probe_input([{"hazy": img}], crop_size=0).shape == (1, 10, 10, 3)
+    assert train.stability_probe_input([], crop_size=4) is None

@@ -1,0 +1,84 @@
+"""The benchmark's FLOP counts against independent counts, and its report."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minet_jax import bench
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.mark.parametrize(
+    "lhs, rhs, kw",
+    [
+        ((1, 7, 9, 2), (3, 3, 2, 4), dict(window_strides=(1, 1), padding=[(1, 1), (1, 1)])),
+        ((2, 7, 9, 2), (3, 4, 2, 3), dict(window_strides=(2, 1), padding=[(1, 2), (3, 0)], lhs_dilation=(1, 2),
+                                          rhs_dilation=(2, 1))),  # fmt: skip
+        ((1, 8, 8, 4), (3, 3, 1, 4), dict(window_strides=(1, 1), padding=[(2, 2), (2, 2)], rhs_dilation=(2, 2),
+                                          feature_group_count=4)),  # fmt: skip
+        # a depthwise convolution's weight gradient: batch-grouped
+        ((4, 6, 6, 2), (6, 6, 2, 4), dict(window_strides=(1, 1), padding=[(1, 1), (1, 1)], batch_group_count=2)),
+    ],
+)
+def test_conv_flops_against_a_convolution_of_ones(lhs, rhs, kw):
+    """With all-ones input and kernel each output element is the number of input elements it
+    multiplies, so the sum of the output is the multiply-add count, whatever the padding, dilation
+    or grouping."""
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, dimension_numbers=DN, **kw)  # noqa: E731
+    x, w = jnp.ones(lhs), jnp.ones(rhs)
+    flops, loop = bench.conv_flops(jax.make_jaxpr(conv)(x, w).jaxpr)
+    assert flops == 2 * int(jnp.sum(conv(x, w)))
+    assert not loop
+
+
+def test_conv_flops_counts_scans_and_flags_while_loops():
+    w = jnp.ones((3, 3, 2, 2))
+    conv = lambda x: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)  # noqa: E731
+    x = jnp.ones((1, 5, 5, 2))
+    one, _ = bench.conv_flops(jax.make_jaxpr(conv)(x).jaxpr)
+    scanned = lambda x: jax.lax.scan(lambda c, _: (conv(c), None), x, None, length=4)[0]  # noqa: E731
+    assert bench.conv_flops(jax.make_jaxpr(scanned)(x).jaxpr) == (4 * one, False)
+    looped = lambda x: jax.lax.while_loop(lambda c: jnp.sum(c) < 1e6, conv, x)  # noqa: E731
+    assert bench.conv_flops(jax.make_jaxpr(looped)(x).jaxpr) == (one, True)
+
+
+def test_inference_flops_agree_with_xla():
+    """The forward's convolution count against XLA's cost analysis, an independent count that also
+    includes norms, attention and elementwise work (a few percent)."""
+    shape = (2, 32, 48, 3)
+    row = bench.bench_inference("official", "float32", shape, repeats=1, peaks=[])
+    assert row["flops_exact"]
+    assert row["conv_flops_per_image"] <= row["xla_flops_per_image"] <= 1.05 * row["conv_flops_per_image"]
+    # At T = 8 the IM-blocks' 3x3 convolutions dominate: about 8 x 3 blocks x 2 convs x 64 x 64 x 9 x 2
+    # FLOPs per feature pixel (features are half the image size); the full-size head and tail add ~25%.
+    blocks = 8 * 3 * 2 * 64 * 64 * 9 * 2 * (32 // 2) * (48 // 2)
+    assert 1.1 * blocks < row["conv_flops_per_image"] < 1.4 * blocks
+    assert row["achieved_flops_per_s"] == pytest.approx(row["conv_flops_per_image"] * shape[0] / row["median_s"])
+    assert row["xla_peak_bytes"] > 0
+
+
+def test_training_rows_and_report(tmp_path):
+    """Training steps: the unrolled step does about 3x the forward's convolution work (forward, input
+    and weight gradients); the implicit backward's adjoint is a while loop, so its count is flagged
+    as a lower bound and no FLOP rate is derived. The CLI writes JSON and Markdown."""
+    code = bench.main([
+        "--sections", "training", "--dtypes", "float32", "--pairs", "unrolled/unrolled,unrolled/implicit",
+        "--train-crop", "16", "--train-batch", "2", "--train-repeats", "1", "--T", "2", "--output", str(tmp_path),
+    ])  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    rows = {r["pair"]: r for r in report["training"]}
+    unrolled, implicit = rows["unrolled/unrolled"], rows["unrolled/implicit"]
+    fwd = bench.bench_inference("official", "float32", (2, 16, 16, 3), repeats=1, peaks=[])
+    fwd_T2 = fwd["conv_flops_per_image"] * 2 * (2 / 8)  # roughly: the IM-blocks dominate
+    assert unrolled["flops_exact"] and 2.0 * fwd_T2 < unrolled["conv_flops_per_step"] < 4.0 * fwd["conv_flops_per_image"] * 2
+    assert unrolled["achieved_flops_per_s"] == pytest.approx(unrolled["conv_flops_per_step"] / unrolled["median_s"])
+    assert not implicit["flops_exact"] and implicit["achieved_flops_per_s"] is None
+    assert report["machine"]["backend"] == jax.default_backend()
+    md = (tmp_path / "bench.md").read_text()
+    assert "unrolled/implicit" in md and "lower bound" in md
+    assert np.isfinite(unrolled["median_s"]) and unrolled["xla_peak_bytes"] > 0
