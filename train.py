@@ -57,9 +57,13 @@ def checkpoint_manager(workdir: Path, cfg) -> ocp.CheckpointManager:
     )
 
 
+# How a layer is computed, not what it computes: free to differ between a checkpoint and its resume.
+IMPLEMENTATION_KEYS = ("conv_impl", "share_sep_impl")
+
+
 def _config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
     diffs = []
-    for key in sorted(set(saved) | set(current)):
+    for key in sorted((set(saved) | set(current)) - ({*IMPLEMENTATION_KEYS} if not prefix else set())):
         a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += _config_diff(a, b, f"{prefix}{key}.")

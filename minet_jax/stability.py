@@ -399,15 +399,19 @@ def jacobian_penalty(
 
 
 def with_lax_convs(module):
-    """A copy of `module` whose convolutions are `lax.conv_general_dilated` itself.
+    """A copy of `module` whose convolutions are XLA's own.
 
-    The model may use a custom_vjp convolution (for a faster weight gradient on CPU), which has no
-    forward-mode rule; jacfwd / jvp / linearize need the plain one. Values are identical.
+    The model may use custom_vjp convolutions (faster on CPU: conv.py), which have no forward-mode
+    rule; jacfwd / jvp / linearize need the plain ones. Values are the same.
     """
+    from minet_jax.model import ShareSepConv  # noqa: PLC0415
+
     module = nnx.clone(module)
     for _, m in nnx.iter_modules(module):
         if isinstance(m, nnx.Conv):
             m.conv_general_dilated = jax.lax.conv_general_dilated
+        elif isinstance(m, ShareSepConv):
+            m.impl = "xla"
     return module
 
 

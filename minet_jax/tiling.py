@@ -1,8 +1,8 @@
 """Tiled inference for images too large for a device's memory.
 
 MI-Net is not a local operator: instance norm and the channel attention use whole-image
-statistics, so a tiled result differs from the whole-image one (benchmarks/tiling.py measures
-by how much). Tiles overlap and are blended with weights that fall linearly to the tile edges,
+statistics, so a tiled result differs from the whole-image one (benchmarks/large_image.py and
+`evaluate.py --tile` measure by how much). Tiles overlap and are blended with weights that fall linearly to the tile edges,
 which hides seams.
 """
 
