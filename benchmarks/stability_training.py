@@ -72,6 +72,7 @@ def read_run(workdir: Path) -> dict:
         "step_time_median_s": statistics.median(step_s) if step_s else None,
         "radius_steps": steps,
         "radius": [radius[s] for s in steps],
+        "max_radius": [max(radius[s][b] for s in steps) for b in range(3)] if steps else None,
         "max_radius_second_half": (
             [max(radius[s][b] for s in steps[len(steps) // 2:]) for b in range(3)] if steps else None
         ),  # fmt: skip
@@ -123,7 +124,7 @@ def markdown(report: dict) -> str:
         f"eta = {report['eta']}, {report['steps']} steps, stability term: {report['kind']} "
         f"(margin {report['margin']}), weight {report['weight']}",
         "",
-        "| run | val PSNR dB | step s (median) | training estimate: max rho per block, 2nd half | "
+        "| run | val PSNR dB | step s (median) | training estimate: max rho per block (whole run; 2nd half) | "
         "rho per block, final, val crops (max over images) | rho per block, final, whole val images (max) |",
         "|---|---|---|---|---|---|",
     ]
@@ -136,10 +137,12 @@ def markdown(report: dict) -> str:
                 return "-"
             return " / ".join(f"{max(i[label]['radius'][b] for i in imgs):.3f}" for b in range(3))
 
-        tr = run["max_radius_second_half"]
+        def blocks(v):
+            return " / ".join(f"{x:.3f}" for x in v) if v else "-"
+
+        tr = f"{blocks(run.get('max_radius'))}; {blocks(run['max_radius_second_half'])}"
         lines.append(
-            f"| {name} | {run['val_psnr']:.3f} | {run['step_time_median_s']:.2f} | "
-            f"{' / '.join(f'{v:.3f}' for v in tr) if tr else '-'} | {mx('crop')} | {mx('whole')} |"
+            f"| {name} | {run['val_psnr']:.3f} | {run['step_time_median_s']:.2f} | {tr} | {mx('crop')} | {mx('whole')} |"
         )
     return "\n".join(lines) + "\n"
 

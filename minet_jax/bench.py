@@ -76,12 +76,11 @@ def nominal_peak(dtype: str) -> float | None:
     return None
 
 
-def random_model(variant: str = "official", dtype: str = "float32", **model_overrides: Any):
+def random_model(variant: str = "official", dtype: str = "float32", overrides: dict | None = None):
     """(graphdef, state) with random weights of the right scale (weights do not change the timing)."""
-    cfg = model_config(variant)
-    cfg.dtype = dtype
-    for k, v in model_overrides.items():
-        setattr(cfg, k, v)
+    from minet_jax.checkpoint import with_overrides
+
+    cfg = with_overrides(model_config(variant), {"dtype": dtype, **(overrides or {})})
     graphdef, state = nnx.split(abstract_model(cfg))
     keys = iter(jax.random.split(jax.random.key(0), len(jax.tree.leaves(state))))
     state = jax.tree.map(lambda s: 0.05 * jax.random.normal(next(keys), s.shape, s.dtype), state)
@@ -190,9 +189,10 @@ def _roofline(row: dict, flops: float | None, seconds: float | None, peaks: list
     )
 
 
-def bench_inference(variant: str, dtype: str, shape: tuple[int, int, int, int], repeats: int, peaks: list[dict]) -> dict:
+def bench_inference(variant: str, dtype: str, shape: tuple[int, int, int, int], repeats: int, peaks: list[dict],
+                    overrides: dict | None = None) -> dict:  # fmt: skip
     """One inference configuration: latency, throughput, memory, FLOPs, roofline."""
-    graphdef, state = random_model(variant, dtype)
+    graphdef, state = random_model(variant, dtype, overrides)
     x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32))
     fwd = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x))
     t0 = time.perf_counter()
@@ -214,13 +214,20 @@ def bench_inference(variant: str, dtype: str, shape: tuple[int, int, int, int], 
 
 
 def bench_training(pair: str, dtype: str, crop: int, batch: int, T: int, repeats: int, peaks: list[dict],
-                   base: Any | None = None, name: str | None = None) -> dict:  # fmt: skip
-    """One training step of configs/default.py's model for a solver pair: time, memory, FLOPs."""
+                   overrides: dict | None = None, train_overrides: dict | None = None) -> dict:  # fmt: skip
+    """One training step of configs/default.py's model for a solver pair: time, memory, FLOPs.
+    `overrides` apply to config.model, `train_overrides` to the training config (e.g. stability)."""
     from minet_jax import training
+    from minet_jax.checkpoint import with_overrides
     from minet_jax.compare_solvers import _compiled_step, config_for, default_config
 
-    cfg = config_for(base if base is not None else default_config(), pair, T)
-    cfg.model.dtype = dtype
+    cfg = config_for(default_config(), pair, T)
+    cfg.model = with_overrides(cfg.model, {"dtype": dtype, **(overrides or {})})
+    for key, value in (train_overrides or {}).items():
+        if isinstance(value, dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
     rng = np.random.default_rng(0)
     clear = rng.uniform(0.1, 0.9, (batch, crop, crop, 3)).astype(np.float32)
     data = {"hazy": jnp.asarray(0.6 * clear + 0.35), "clear": jnp.asarray(clear)}
@@ -229,12 +236,14 @@ def bench_training(pair: str, dtype: str, crop: int, batch: int, T: int, repeats
     params = nnx.state(MINet(cfg.model, rngs=nnx.Rngs(cfg.seed)), nnx.Param)
     graphdef, state, step, compile_s = _compiled_step(cfg, params, data)
     c = cost(step)
-    jaxpr = jax.make_jaxpr(training.make_train_step(graphdef, training.make_optimizer(cfg), cfg.loss))(state, data)
+    jaxpr = jax.make_jaxpr(training.make_train_step(graphdef, training.make_optimizer(cfg), cfg.loss, cfg.stability))(
+        state, data
+    )
     flops, loop = conv_flops(jaxpr.jaxpr)
     first, times = _timed(lambda s: step(s, data), state, repeats=repeats)
     med = statistics.median(times)
     row = {
-        "section": "training", "name": name or pair, "pair": pair, "dtype": dtype, "crop": crop, "batch": batch,
+        "section": "training", "name": _name(pair, overrides, train_overrides), "pair": pair, "dtype": dtype, "crop": crop, "batch": batch,
         "T": T, "repeats": repeats, "compile_s": compile_s, "first_run_s": first, "median_s": med,
         "min_s": min(times), "max_s": max(times), "images_per_s": batch / med,
         "conv_flops_per_step": flops, "flops_exact": not loop, "xla_flops_per_step": c["flops"], **memory(step),
@@ -242,6 +251,36 @@ def bench_training(pair: str, dtype: str, crop: int, batch: int, T: int, repeats
     }  # fmt: skip
     _roofline(row, flops if not loop else None, med, peaks)
     return row
+
+
+def _name(pair: str, overrides: dict | None, train_overrides: dict | None) -> str:
+    extra = [f"{k}={v}" for k, v in (overrides or {}).items()] + [
+        f"{k}.{kk}={vv}" if isinstance(v, dict) else f"{k}={v}"
+        for k, v in (train_overrides or {}).items()
+        for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])
+    ]
+    return " ".join([pair, *extra])
+
+
+def parse_sets(items: list[str]) -> dict:
+    """['a=1', 'solver.tol=1e-3'] -> {'a': 1, 'solver': {'tol': 0.001}} (values as Python literals)."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        head, _, sub = key.partition(".")
+        if sub:
+            out.setdefault(head, {})[sub] = value
+        else:
+            out[key] = value
+    return out
 
 
 # --- report ---
@@ -324,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-batch", type=int, default=None)
     parser.add_argument("--train-repeats", type=int, default=None)
     parser.add_argument("--T", type=int, default=8)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="model setting for every row, e.g. --set share_sep_impl=xla (repeatable)")  # fmt: skip
+    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="training setting, e.g. --train-set stability.weight=1.0 (repeatable)")  # fmt: skip
     parser.add_argument("--output", default="", help="folder for bench.json and bench.md")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset or ("cpu" if jax.default_backend() == "cpu" else "gpu")]
@@ -335,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--sections: unknown {sorted(unknown)}; choose from peak, inference, training")
     dtypes = _csv(args.dtypes)
+    try:
+        overrides, train_overrides = parse_sets(args.set), parse_sets(args.train_set)
+    except ValueError as e:
+        parser.error(str(e))
     report: dict[str, Any] = {"machine": machine(), "args": vars(copy.copy(args))}
     out = Path(args.output) if args.output else None
     if out:
@@ -353,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             h, w = (int(v) for v in size.lower().split("x"))
             for b in (int(v) for v in _csv(args.batches)):
                 for dtype in dtypes:
-                    row = bench_inference(args.variant, dtype, (b, h, w, 3), args.repeats, report["peak"])
+                    row = bench_inference(args.variant, dtype, (b, h, w, 3), args.repeats, report["peak"], overrides)
                     print(f"inference {dtype} {b}x{h}x{w}: {row['median_s']:.3f} s", flush=True)
                     report["inference"].append(row)
                     save()
@@ -362,8 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         for pair in _csv(args.pairs):
             for dtype in dtypes:
                 row = bench_training(pair, dtype, args.train_crop, args.train_batch, args.T, args.train_repeats,
-                                     report["peak"])  # fmt: skip
-                print(f"training {pair} {dtype}: {row['median_s']:.3f} s", flush=True)
+                                     report["peak"], overrides, train_overrides)  # fmt: skip
+                print(f"training {row['name']} {dtype}: {row['median_s']:.3f} s", flush=True)
                 report["training"].append(row)
                 save()
     print(markdown(report))

@@ -206,6 +206,33 @@ def test_radius_penalty_hinge(small_block):
     assert float(stability.jacobian_penalty(f, params, g, jax.random.key(0), kind="radius", margin=100.0)) == 0.0
 
 
+@pytest.mark.parametrize("kind", ["radius", "frobenius"])
+def test_descending_the_penalty_brings_the_exact_radius_under_one(small_block, kind):
+    """What the training term is for: eta is set so that rho(eta J_f) = 1.5 (numpy's eigenvalues of
+    the exact Jacobian); ten Adam steps on the penalty alone bring it under 1."""
+    import optax
+
+    f, params, _, g = small_block
+
+    def exact_rho(p):
+        return float(np.max(np.abs(np.linalg.eigvals(stability.jacobian_matrix(f, p, g)))))
+
+    eta = 1.5 / exact_rho(params)
+    tx = optax.adam(1e-2)
+
+    @jax.jit
+    def step(p, opt, key):
+        loss = lambda p: stability.jacobian_penalty(f, p, g, key, kind=kind, eta=eta, margin=0.8, num_probes=4)  # noqa: E731
+        value, grads = jax.value_and_grad(loss)(p)
+        updates, opt = tx.update(grads, opt, p)
+        return optax.apply_updates(p, updates), opt, value
+
+    opt, p = tx.init(params), params
+    for i in range(10):
+        p, opt, _ = step(p, opt, jax.random.key(i))
+    assert eta * exact_rho(p) < 1.0
+
+
 # --- the CLI on the authors' weights ---
 
 
