@@ -103,7 +103,7 @@ def conv_general_dilated(
     )
 
 
-def _shift_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """'Same' cross-correlation of every channel of NHWC `x` with one odd k x k `kernel`, as a sum
     of k^2 shifted copies (XLA fuses it into one loop)."""
     k = kernel.shape[0]
@@ -123,19 +123,19 @@ def _shift_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
 def shared_depthwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """Every channel of NHWC `x` cross-correlated with the same odd k x k `kernel`, zero padding
     (k - 1) / 2: `lax`'s depthwise convolution with the kernel repeated over channels. Reverse mode
-    only (a custom_vjp): for jvp / jacfwd use `shared_depthwise_conv_lax`."""
-    return _shift_sum(x, kernel)
+    only (a custom_vjp): for jvp / jacfwd use `shifted_sum`, the same op left to JAX's autodiff."""
+    return shifted_sum(x, kernel)
 
 
 def _sdc_fwd(x, kernel):
-    return _shift_sum(x, kernel), (x, kernel)
+    return shifted_sum(x, kernel), (x, kernel)
 
 
 def _sdc_bwd(res, g):
     x, kernel = res
     k = kernel.shape[0]
     p = (k - 1) // 2
-    dx = _shift_sum(g, kernel[::-1, ::-1])
+    dx = shifted_sum(g, kernel[::-1, ::-1])
     # dk[a, b] = sum over n, h, w, c of x_pad[n, h + a, w + b, c] g[n, h, w, c]: a 'valid'
     # correlation of x (batch 1, N*C channels) with g as the kernel (N*C in, 1 out).
     n, h, w, c = x.shape

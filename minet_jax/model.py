@@ -70,17 +70,24 @@ def _norm(c: int, rngs: nnx.Rngs) -> nnx.InstanceNorm:
 class ShareSepConv(nnx.Module):
     """One k x k kernel applied depthwise to every channel alike (initialised to the identity).
 
-    `impl`: "shift" (conv.shared_depthwise_conv, fast on CPU, reverse mode only) or "xla" (XLA's
-    depthwise convolution, any differentiation mode)."""
+    `impl`: "shift" (conv.shared_depthwise_conv: shifted sums with a hand-written gradient, fast
+    on CPU, reverse mode only), "shift_autodiff" (the same sums differentiated by JAX, any mode:
+    what the Jacobian probes use) or "xla" (XLA's depthwise convolution)."""
+
+    IMPLS = ("shift", "shift_autodiff", "xla")
 
     def __init__(self, k: int, impl: str = "xla"):
-        if impl not in ("shift", "xla"):
-            raise ValueError(f"model.share_sep_impl must resolve to 'shift' or 'xla', got {impl!r}")
+        if impl not in self.IMPLS:
+            raise ValueError(f"model.share_sep_impl must be 'auto' or one of {self.IMPLS}, got {impl!r}")
         self.kernel = nnx.Param(jnp.zeros((k, k), jnp.float32).at[k // 2, k // 2].set(1.0))
         self.impl = impl
 
     def __call__(self, x: Array) -> Array:
-        op = conv.shared_depthwise_conv if self.impl == "shift" else conv.shared_depthwise_conv_lax
+        op = {
+            "shift": conv.shared_depthwise_conv,
+            "shift_autodiff": conv.shifted_sum,
+            "xla": conv.shared_depthwise_conv_lax,
+        }[self.impl]
         return op(x, self.kernel[...])
 
 

@@ -70,7 +70,8 @@ def model_config(variant: str = "official") -> ml_collections.ConfigDict:
             conv_impl="xla",
             # ShareSepConv (one k x k kernel on every channel): "shift" (k^2 shifted copies with a
             # hand-written gradient, minet_jax/conv.py; ~20x faster than XLA's depthwise
-            # convolution on CPU), "xla", or "auto" = shift on CPU, xla elsewhere. Same values.
+            # convolution on CPU), "shift_autodiff" (the same sums, JAX's own gradient), "xla", or
+            # "auto" = shift on CPU, xla elsewhere. Same values.
             share_sep_impl="auto",
             solver=solver_config(),
         )

@@ -410,8 +410,8 @@ def with_lax_convs(module):
     for _, m in nnx.iter_modules(module):
         if isinstance(m, nnx.Conv):
             m.conv_general_dilated = jax.lax.conv_general_dilated
-        elif isinstance(m, ShareSepConv):
-            m.impl = "xla"
+        elif isinstance(m, ShareSepConv) and m.impl == "shift":
+            m.impl = "shift_autodiff"
     return module
 
 

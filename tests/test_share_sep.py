@@ -35,6 +35,16 @@ def test_gradient_against_finite_differences_in_float64():
         check_grads(conv.shared_depthwise_conv, (x, kernel), order=2, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
+def test_shifted_sum_has_forward_mode():
+    """The probes' version (jvp / jacfwd) against XLA's depthwise convolution."""
+    x = jax.random.normal(jax.random.key(0), (1, 6, 7, 3))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3))
+    v = jax.random.normal(jax.random.key(2), x.shape)
+    _, got = jax.jvp(lambda x: conv.shifted_sum(x, kernel), (x,), (v,))
+    _, want = jax.jvp(lambda x: conv.shared_depthwise_conv_lax(x, kernel), (x,), (v,))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_bf16_inputs_keep_bf16_and_float32_kernel_gradient():
     x = jax.random.normal(jax.random.key(0), (1, 8, 8, 4)).astype(jnp.bfloat16)
     kernel = jnp.eye(3)
@@ -45,10 +55,10 @@ def test_bf16_inputs_keep_bf16_and_float32_kernel_gradient():
 
 def test_model_same_output_with_either_implementation():
     """The released architecture (ShareSepConv in blocks 2 and 3) gives the same output and
-    gradient with share_sep_impl shift and xla."""
+    gradient with every share_sep_impl."""
     x = jax.random.uniform(jax.random.key(2), (1, 16, 20, 3)) * 255
     outs, grads = {}, {}
-    for impl in ("shift", "xla"):
+    for impl in ("shift", "shift_autodiff", "xla"):
         cfg = model_config("official")
         cfg.channels, cfg.T, cfg.share_sep_impl = 8, 2, impl
         from flax import nnx
@@ -57,6 +67,7 @@ def test_model_same_output_with_either_implementation():
         graphdef, params = nnx.split(model)
         outs[impl] = nnx.merge(graphdef, params)(x)
         grads[impl] = jax.grad(lambda p, gd=graphdef: jnp.mean(nnx.merge(gd, p)(x) ** 2))(params)
-    np.testing.assert_allclose(outs["shift"], outs["xla"], rtol=1e-5, atol=1e-3)
-    for a, b in zip(jax.tree.leaves(grads["shift"]), jax.tree.leaves(grads["xla"]), strict=True):
-        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5 * max(1.0, float(jnp.abs(b).max())))
+    for impl in ("shift", "shift_autodiff"):
+        np.testing.assert_allclose(outs[impl], outs["xla"], rtol=1e-5, atol=1e-3)
+        for a, b in zip(jax.tree.leaves(grads[impl]), jax.tree.leaves(grads["xla"]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5 * max(1.0, float(jnp.abs(b).max())))
