@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minet_jax.imageio import ImageReadError, read_rgb, to_uint8, write_png
+from minet_jax.checkpoint import parse_overrides  # noqa: F401 (also evaluate.parse_overrides)
 from minet_jax.layouts import LayoutError, Pair, find_pairs
 from minet_jax.metrics import SSIM_WINDOW, psnr, psnr_of_mean_mse, ssim
 
@@ -185,25 +186,6 @@ def evaluate(
         writer.writeheader()
         writer.writerows(rows)
     return metrics
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`KEY=VALUE` model settings (VALUE as JSON, else a string); `solver.x=...` nests."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        head, _, sub = key.partition(".")
-        if sub:
-            out.setdefault(head, {})[sub] = value
-        else:
-            out[key] = value
-    return out
 
 
 def default_predict_factory(

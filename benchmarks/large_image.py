@@ -50,11 +50,6 @@ def run_mode(args: argparse.Namespace) -> None:
     }))  # fmt: skip
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", required=True)
@@ -88,12 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             print(res.stderr[-2000:], flush=True)
             continue
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    from minet_jax.metrics import psnr
+
     whole = out / "whole.npy"
     if whole.is_file():
         ref = np.load(whole)
         for r in rows:
             if r.get("mode") == "tiled":
-                r["psnr_vs_whole_db"] = psnr(np.load(out / f"tile{r['tile']}_{r['overlap']}.npy"), ref)
+                r["psnr_vs_whole_db"] = psnr(np.load(out / f"tile{r['tile']}_{r['overlap']}.npy"), ref, data_range=1.0)
     report = {"image": args.image, "size": args.size, "weights": args.weights, "runs": rows}
     (out / "large_image.json").write_text(json.dumps(report, indent=2))
     print("| mode | tile:overlap | seconds (incl. compile) | peak RSS GiB | PSNR vs whole dB |")

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from minet_jax.checkpoint import abstract_model
+from minet_jax.checkpoint import abstract_model, parse_overrides, with_overrides
 from minet_jax.model_config import model_config
 
 # Vendor dense peaks (FLOP/s, no sparsity) for the accelerators this project is run on; the measured
@@ -78,8 +78,6 @@ def nominal_peak(dtype: str) -> float | None:
 
 def random_model(variant: str = "official", dtype: str = "float32", overrides: dict | None = None):
     """(graphdef, state) with random weights of the right scale (weights do not change the timing)."""
-    from minet_jax.checkpoint import with_overrides
-
     cfg = with_overrides(model_config(variant), {"dtype": dtype, **(overrides or {})})
     graphdef, state = nnx.split(abstract_model(cfg))
     keys = iter(jax.random.split(jax.random.key(0), len(jax.tree.leaves(state))))
@@ -146,16 +144,11 @@ def conv_flops(jaxpr: Any, mult: int = 1) -> tuple[int, bool]:
 
 
 def memory(compiled: Any) -> dict:
-    """XLA's memory analysis: arguments + outputs - aliased + temporaries, in bytes."""
-    from minet_jax.compare_solvers import memory_fields, xla_peak
+    """XLA's memory analysis (arguments + outputs - aliased + temporaries) and the device's peak
+    bytes so far (GPU / TPU; None on CPU), in bytes."""
+    from minet_jax.compare_solvers import device_peak, memory_fields, xla_peak
 
-    return {"xla_peak_bytes": xla_peak(memory_fields(compiled))}
-
-
-def device_peak_bytes() -> int | None:
-    from minet_jax.compare_solvers import device_peak
-
-    return device_peak()
+    return {"xla_peak_bytes": xla_peak(memory_fields(compiled)), "device_peak_bytes": device_peak()}
 
 
 def measure_peak(dtypes: list[str], n: int | None = None, repeats: int = 5) -> list[dict]:
@@ -207,7 +200,7 @@ def bench_inference(variant: str, dtype: str, shape: tuple[int, int, int, int], 
         "section": "inference", "variant": variant, "dtype": dtype, "batch": b, "height": shape[1], "width": shape[2],
         "repeats": repeats, "compile_s": compile_s, "first_run_s": first, "median_s": med, "min_s": min(times),
         "max_s": max(times), "images_per_s": b / med, "conv_flops_per_image": flops / b, "flops_exact": not loop,
-        "xla_flops_per_image": c["flops"] / b if c["flops"] else None, **memory(compiled), "device_peak_bytes": device_peak_bytes(),
+        "xla_flops_per_image": c["flops"] / b if c["flops"] else None, **memory(compiled),
     }  # fmt: skip
     _roofline(row, flops if not loop else None, med, peaks)
     return row
@@ -218,16 +211,10 @@ def bench_training(pair: str, dtype: str, crop: int, batch: int, T: int, repeats
     """One training step of configs/default.py's model for a solver pair: time, memory, FLOPs.
     `overrides` apply to config.model, `train_overrides` to the training config (e.g. stability)."""
     from minet_jax import training
-    from minet_jax.checkpoint import with_overrides
     from minet_jax.compare_solvers import _compiled_step, config_for, default_config
 
-    cfg = config_for(default_config(), pair, T)
+    cfg = with_overrides(config_for(default_config(), pair, T), train_overrides or {})
     cfg.model = with_overrides(cfg.model, {"dtype": dtype, **(overrides or {})})
-    for key, value in (train_overrides or {}).items():
-        if isinstance(value, dict):
-            cfg[key].update(value)
-        else:
-            cfg[key] = value
     rng = np.random.default_rng(0)
     clear = rng.uniform(0.1, 0.9, (batch, crop, crop, 3)).astype(np.float32)
     data = {"hazy": jnp.asarray(0.6 * clear + 0.35), "clear": jnp.asarray(clear)}
@@ -247,40 +234,21 @@ def bench_training(pair: str, dtype: str, crop: int, batch: int, T: int, repeats
         "T": T, "repeats": repeats, "compile_s": compile_s, "first_run_s": first, "median_s": med,
         "min_s": min(times), "max_s": max(times), "images_per_s": batch / med,
         "conv_flops_per_step": flops, "flops_exact": not loop, "xla_flops_per_step": c["flops"], **memory(step),
-        "device_peak_bytes": device_peak_bytes(),
     }  # fmt: skip
     _roofline(row, flops if not loop else None, med, peaks)
     return row
 
 
 def _name(pair: str, overrides: dict | None, train_overrides: dict | None) -> str:
-    extra = [f"{k}={v}" for k, v in (overrides or {}).items()] + [
-        f"{k}.{kk}={vv}" if isinstance(v, dict) else f"{k}={v}"
-        for k, v in (train_overrides or {}).items()
-        for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])
-    ]
-    return " ".join([pair, *extra])
+    """'pair key=value ...', nested settings flattened to dotted keys."""
 
+    def flat(d: dict, prefix: str = "") -> list[str]:
+        out = []
+        for k, v in d.items():
+            out += flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={v}"]
+        return out
 
-def parse_sets(items: list[str]) -> dict:
-    """['a=1', 'solver.tol=1e-3'] -> {'a': 1, 'solver': {'tol': 0.001}} (values as Python literals)."""
-    import ast
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected KEY=VALUE, got {item!r}")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        head, _, sub = key.partition(".")
-        if sub:
-            out.setdefault(head, {})[sub] = value
-        else:
-            out[key] = value
-    return out
+    return " ".join([pair, *flat(overrides or {}), *flat(train_overrides or {})])
 
 
 # --- report ---
@@ -379,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sections: unknown {sorted(unknown)}; choose from peak, inference, training")
     dtypes = _csv(args.dtypes)
     try:
-        overrides, train_overrides = parse_sets(args.set), parse_sets(args.train_set)
+        overrides, train_overrides = parse_overrides(args.set), parse_overrides(args.train_set)
     except ValueError as e:
         parser.error(str(e))
     report: dict[str, Any] = {"machine": machine(), "args": vars(copy.copy(args))}

@@ -7,8 +7,11 @@ orbax CheckpointManager) hold the same two items beside others, so both load her
 
 from __future__ import annotations
 
+import ast
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
@@ -38,12 +41,35 @@ def build_model(cfg: dict | ml_collections.ConfigDict, seed: int = 0) -> MINet:
     return MINet(full, rngs=nnx.Rngs(seed))
 
 
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` settings for `with_overrides` (VALUE as JSON, else a Python literal such as
+    `True` or `(1, 2)`, else a string); `solver.tol=1e-3` nests as {"solver": {"tol": 0.001}}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw
+        head, _, sub = key.partition(".")
+        if sub:
+            out.setdefault(head, {})[sub] = value
+        else:
+            out[key] = value
+    return out
+
+
 def with_overrides(cfg: dict | ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
     """A copy of `cfg` with `overrides` applied (nested dicts merge, e.g. solver={"forward": ...})."""
     cfg = ml_collections.ConfigDict(cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else _tuples(cfg))
     for key, value in overrides.items():
         if key not in cfg:
-            raise ValueError(f"unknown model setting {key!r}; known: {', '.join(sorted(cfg))}")
+            raise ValueError(f"unknown setting {key!r}; known: {', '.join(sorted(cfg))}")
         if isinstance(value, dict):
             cfg[key].update(value)
         else:
