@@ -183,11 +183,22 @@ def _roofline(row: dict, flops: float | None, seconds: float | None, peaks: list
 
 
 def bench_inference(variant: str, dtype: str, shape: tuple[int, int, int, int], repeats: int, peaks: list[dict],
-                    overrides: dict | None = None) -> dict:  # fmt: skip
-    """One inference configuration: latency, throughput, memory, FLOPs, roofline."""
+                    overrides: dict | None = None, microbatch: int = 0) -> dict:  # fmt: skip
+    """One inference configuration: latency, throughput, memory, FLOPs, roofline.
+
+    `microbatch` m (0 < m < batch): one program runs the batch m images at a time (`lax.map`),
+    so memory is that of m images; for batches that do not fit whole."""
     graphdef, state = random_model(variant, dtype, overrides)
     x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32))
-    fwd = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x))
+    micro = microbatch if 0 < microbatch < shape[0] else 0
+
+    def forward(st, x):
+        model = nnx.merge(graphdef, st)
+        if not micro:
+            return model(x)
+        return jax.lax.map(lambda xi: model(xi[None])[0], x, batch_size=micro)
+
+    fwd = jax.jit(forward)
     t0 = time.perf_counter()
     compiled = fwd.lower(state, x).compile()
     compile_s = time.perf_counter() - t0
@@ -197,7 +208,8 @@ def bench_inference(variant: str, dtype: str, shape: tuple[int, int, int, int], 
     med = statistics.median(times)
     b = shape[0]
     row = {
-        "section": "inference", "variant": variant, "dtype": dtype, "batch": b, "height": shape[1], "width": shape[2],
+        "section": "inference", "variant": variant, "dtype": dtype, "batch": b, "microbatch": micro or b,
+        "height": shape[1], "width": shape[2],
         "repeats": repeats, "compile_s": compile_s, "first_run_s": first, "median_s": med, "min_s": min(times),
         "max_s": max(times), "images_per_s": b / med, "conv_flops_per_image": flops / b, "flops_exact": not loop,
         "xla_flops_per_image": c["flops"] / b if c["flops"] else None, **memory(compiled),
@@ -269,13 +281,15 @@ def markdown(report: dict) -> str:
         lines.append("")
     if report.get("inference"):
         lines += [
-            "| dtype | batch | HxW | median s | images/s | GFLOP/image (convs; XLA) | GFLOP/s | of measured peak "
-            "| of nominal | XLA MiB |",
+            "| dtype | batch (per pass) | HxW | median s | images/s | GFLOP/image (convs; XLA) | GFLOP/s "
+            "| of measured peak | of nominal | XLA MiB |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in report["inference"]:
+            mb = r.get("microbatch", r["batch"])
             lines.append(
-                f"| {r['dtype']} | {r['batch']} | {r['height']}x{r['width']} | {r['median_s']:.3f} | "
+                f"| {r['dtype']} | {r['batch']}{f' ({mb})' if mb != r['batch'] else ''} | {r['height']}x{r['width']} | "
+                f"{r['median_s']:.3f} | "
                 f"{r['images_per_s']:.3f} | {_g(r['conv_flops_per_image'], 1e9)}; {_g(r['xla_flops_per_image'], 1e9)} | "
                 f"{_g(r['achieved_flops_per_s'], 1e9)} | "
                 f"{_g(r['fraction_of_measured_peak'], fmt='{:.1%}')} | {_g(r['fraction_of_nominal_peak'], fmt='{:.1%}')} | "
@@ -326,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=None, help="comma-separated HxW")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--microbatch", type=int, default=0,
+                        help="run inference batches this many images at a time in one program (lax.map); "
+                        "for batches too large for memory (0 = whole batch)")  # fmt: skip
     parser.add_argument("--pairs", default=",".join(TRAIN_PAIRS), help="training solver pairs forward/backward")
     parser.add_argument("--train-crop", type=int, default=None)
     parser.add_argument("--train-batch", type=int, default=None)
@@ -368,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             h, w = (int(v) for v in size.lower().split("x"))
             for b in (int(v) for v in _csv(args.batches)):
                 for dtype in dtypes:
-                    row = bench_inference(args.variant, dtype, (b, h, w, 3), args.repeats, report["peak"], overrides)
+                    row = bench_inference(args.variant, dtype, (b, h, w, 3), args.repeats, report["peak"], overrides,
+                                          args.microbatch)  # fmt: skip
                     print(f"inference {dtype} {b}x{h}x{w}: {row['median_s']:.3f} s", flush=True)
                     report["inference"].append(row)
                     save()

@@ -61,6 +61,18 @@ def test_inference_flops_agree_with_xla():
     assert row["xla_peak_bytes"] > 0
 
 
+def test_microbatched_inference_counts_the_same_work():
+    """A batch run one image at a time in one program (lax.map) does the same convolutions per
+    image, and XLA's analysis sees the loop body once (one image) with less temporary memory."""
+    shape = (3, 16, 24, 3)
+    whole = bench.bench_inference("official", "float32", shape, repeats=1, peaks=[], overrides={"T": 2})
+    micro = bench.bench_inference("official", "float32", shape, repeats=1, peaks=[], overrides={"T": 2}, microbatch=1)
+    assert (whole["microbatch"], micro["microbatch"]) == (3, 1)
+    assert micro["flops_exact"] and micro["conv_flops_per_image"] == whole["conv_flops_per_image"]
+    assert micro["xla_flops_per_image"] == pytest.approx(whole["xla_flops_per_image"] / 3, rel=0.05)
+    assert micro["xla_peak_bytes"] < whole["xla_peak_bytes"]
+
+
 def test_training_rows_and_report(tmp_path):
     """Training steps: the unrolled step does about 3x the forward's convolution work (forward, input
     and weight gradients); the implicit backward's adjoint is a while loop, so its count is flagged
