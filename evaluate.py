@@ -1,7 +1,7 @@
 """Dehaze a folder of images with MI-Net and score the results against ground truth.
 
     python evaluate.py --checkpoint CKPT --data DIR --output OUT [--border-crop N] [--limit K] [--no-images]
-                       [--set dtype=bfloat16] [--tile 256 --overlap 32]
+                       [--set dtype=bfloat16] [--tile 256 --overlap 32 [--tile-stats image|tile] [--stats-size N]]
 
 Writes ``OUT/metrics.json`` (means of per-image PSNR / SSIM on the uint8 outputs, the
 authors' PSNR of the mean unclamped squared error, and the same metrics for the hazy input),
@@ -25,8 +25,8 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm import tqdm
 
-from minet_jax.imageio import ImageReadError, read_rgb, to_uint8, write_png
 from minet_jax.checkpoint import parse_overrides  # noqa: F401 (also evaluate.parse_overrides)
+from minet_jax.imageio import ImageReadError, read_rgb, to_uint8, write_png
 from minet_jax.layouts import LayoutError, Pair, find_pairs
 from minet_jax.metrics import SSIM_WINDOW, psnr, psnr_of_mean_mse, ssim
 
@@ -189,14 +189,24 @@ def evaluate(
 
 
 def default_predict_factory(
-    checkpoint: str, overrides: dict[str, Any] | None = None, tile: int = 0, overlap: int = 64
+    checkpoint: str,
+    overrides: dict[str, Any] | None = None,
+    tile: int = 0,
+    overlap: int = 64,
+    tile_stats: str = "tile",
+    stats_size: int = 0,
 ) -> Predict:
     """Load MI-Net from a ``.pth`` file or an orbax checkpoint folder; return its unclamped predictor
-    (whole images, or overlapping ``tile`` x ``tile`` pieces when ``tile > 0``)."""
+    (whole images, or overlapping ``tile`` x ``tile`` pieces when ``tile > 0``; see ``dehaze``)."""
     from minet_jax import dehaze, load_pretrained
 
     model = load_pretrained(checkpoint, **(overrides or {}))
-    return lambda rgb: np.asarray(dehaze(model, rgb, clip=False, tile=tile, overlap=overlap), dtype=np.float32)
+
+    def predict(rgb: np.ndarray) -> np.ndarray:
+        out = dehaze(model, rgb, clip=False, tile=tile, overlap=overlap, tile_stats=tile_stats, stats_size=stats_size)
+        return np.asarray(out, dtype=np.float32)
+
+    return predict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="dehaze overlapping S x S tiles one at a time (bounded memory for large images; 0 = whole images)",
     )  # fmt: skip
     p.add_argument("--overlap", type=int, default=64, metavar="P", help="tile overlap in pixels (with --tile)")
+    p.add_argument(
+        "--tile-stats", choices=["tile", "image"], default="tile",
+        help="with --tile: instance-norm and attention statistics of each tile alone (bounded memory) or "
+        "of the whole image, recorded on a copy downscaled to --stats-size",
+    )  # fmt: skip
+    p.add_argument(
+        "--stats-size", type=int, default=0, metavar="N",
+        help="long side of the downscaled copy for --tile-stats image (0 = full size: exact statistics, "
+        "whole-image memory)",
+    )  # fmt: skip
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override a model setting that holds no weights, e.g. --set dtype=bfloat16, --set T=16, "
@@ -237,6 +257,8 @@ def main(argv: Sequence[str] | None = None, predict_factory: Callable[[str], Pre
         parser.error(f"--limit must be >= 1, got {args.limit}")
     if args.tile < 0 or (args.tile and not 0 <= args.overlap < args.tile):
         parser.error(f"need --tile >= 0 and 0 <= --overlap < --tile, got --tile {args.tile} --overlap {args.overlap}")
+    if args.stats_size < 0:
+        parser.error(f"--stats-size must be >= 0 (0 = full size), got {args.stats_size}")
     if not Path(args.checkpoint).exists():
         print(f"error: checkpoint not found: {args.checkpoint}", file=sys.stderr)
         return 2
@@ -253,7 +275,9 @@ def main(argv: Sequence[str] | None = None, predict_factory: Callable[[str], Pre
     except ValueError as e:
         parser.error(str(e))
     if predict_factory is None:
-        predict = default_predict_factory(args.checkpoint, overrides, args.tile, args.overlap)
+        predict = default_predict_factory(
+            args.checkpoint, overrides, args.tile, args.overlap, args.tile_stats, args.stats_size
+        )
     else:
         predict = predict_factory(args.checkpoint)
     metrics = evaluate(
@@ -265,6 +289,8 @@ def main(argv: Sequence[str] | None = None, predict_factory: Callable[[str], Pre
         extra={
             "checkpoint": str(args.checkpoint), "data": str(args.data), "model_overrides": overrides,
             "tile": args.tile, "overlap": args.overlap if args.tile else None,
+            "tile_stats": args.tile_stats if args.tile else None,
+            "stats_size": args.stats_size if args.tile and args.tile_stats == "image" else None,
         },  # fmt: skip
     )
 

@@ -2,14 +2,17 @@
 
     python benchmarks/large_image.py --weights ../shared/weights/minet_its_official.pth \
         --image ../shared/data/sots-indoor-mini/hazy/1400_1.png --size 2160x3840 \
-        --tiles 512:64 --output out/large_image
+        --tiles 512:64:tile,512:64:image,512:64:1024 --output out/large_image
 
 The image is resized (bicubic) to `--size`. Each mode runs in its own process so that its peak
 resident memory (ru_maxrss) is its own: `whole` (one forward over the whole image, what the
 network was trained for: instance norm and the attention see whole-image statistics) and
-`tiled` per `--tiles S:P` (S x S tiles, P pixels of overlap, blended; see minet_jax/tiling.py).
-Reports seconds, peak RSS, XLA's memory analysis of the whole-image program, and the PSNR of each
-tiled output against the whole-image output. Writes OUTPUT/large_image.json and prints a table.
+`tiled` per `--tiles S:P:STATS` (S x S tiles, P pixels of overlap, blended; see minet_jax/tiling.py;
+STATS `tile`: each tile's own instance-norm and attention statistics, `image`: the whole image's,
+recorded at full size (exact, but that pass needs whole-image memory), or a number N: recorded on
+a copy downscaled to a long side of N).
+Reports seconds, peak RSS and the PSNR of each tiled output against the whole-image output.
+Writes OUTPUT/large_image.json and prints a table.
 """
 
 from __future__ import annotations
@@ -40,11 +43,13 @@ def run_mode(args: argparse.Namespace) -> None:
     rgb = np.asarray(Image.fromarray(read_rgb(args.image)).resize((w, h), Image.Resampling.BICUBIC))
     model = load_pretrained(args.weights)
     t0 = time.perf_counter()
-    out = dehaze(model, rgb, clip=True, tile=args.tile, overlap=args.overlap)
+    stats, size = ("image", 0 if args.stats == "image" else int(args.stats)) if args.stats[0] in "i0123456789" else ("tile", 0)
+    out = dehaze(model, rgb, clip=True, tile=args.tile, overlap=args.overlap, tile_stats=stats, stats_size=size)
     seconds = time.perf_counter() - t0
     np.save(args.save, out.astype(np.float32))
     print(json.dumps({
         "mode": "tiled" if args.tile else "whole", "tile": args.tile, "overlap": args.overlap if args.tile else None,
+        "stats": args.stats if args.tile else None,
         "seconds_with_compile": seconds, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "backend": jax.default_backend(), "height": h, "width": w,
     }))  # fmt: skip
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", required=True)
     ap.add_argument("--image", required=True)
     ap.add_argument("--size", default="2160x3840", help="HxW the image is resized to")
-    ap.add_argument("--tiles", default="512:64", help="comma-separated S:P (tile side : overlap)")
+    ap.add_argument("--tiles", default="512:64:tile,512:64:image", help="comma-separated S:P:STATS (see above)")
     ap.add_argument("--no-whole", action="store_true", help="skip the whole-image run")
     ap.add_argument("--output", required=True)
     # child-process options
@@ -63,23 +68,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--overlap", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--save", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--stats", default="tile", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         run_mode(args)
         return 0
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    modes = [] if args.no_whole else [(0, 0)]
-    modes += [tuple(int(v) for v in t.split(":")) for t in args.tiles.split(",") if t]
+    modes = [] if args.no_whole else [(0, 0, "-")]
+    for t in (t for t in args.tiles.split(",") if t):
+        parts = t.split(":")
+        if len(parts) == 2:
+            parts.append("tile")
+        if len(parts) != 3 or not (parts[2] in ("tile", "image") or parts[2].isdigit()):
+            ap.error(f"--tiles entries are S:P:STATS with STATS tile, image or a number, got {t!r}")
+        modes.append((int(parts[0]), int(parts[1]), parts[2]))
     rows = []
-    for tile, overlap in modes:
-        save = out / (f"tile{tile}_{overlap}.npy" if tile else "whole.npy")
+    for tile, overlap, stats in modes:
+        save = out / (f"tile{tile}_{overlap}_{stats}.npy" if tile else "whole.npy")
         cmd = [sys.executable, __file__, "--child", "--weights", args.weights, "--image", args.image, "--size",
-               args.size, "--tile", str(tile), "--overlap", str(overlap), "--save", str(save), "--output", str(out)]  # fmt: skip
+               args.size, "--tile", str(tile), "--overlap", str(overlap), "--stats", stats, "--save", str(save),
+               "--output", str(out)]  # fmt: skip
         print(" ".join(cmd), flush=True)
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
-            rows.append({"tile": tile, "overlap": overlap, "error": res.stderr[-2000:], "returncode": res.returncode})
+            rows.append({"tile": tile, "overlap": overlap, "stats": stats, "error": res.stderr[-2000:],
+                         "returncode": res.returncode})  # fmt: skip
             print(res.stderr[-2000:], flush=True)
             continue
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
@@ -90,16 +104,17 @@ def main(argv: list[str] | None = None) -> int:
         ref = np.load(whole)
         for r in rows:
             if r.get("mode") == "tiled":
-                r["psnr_vs_whole_db"] = psnr(np.load(out / f"tile{r['tile']}_{r['overlap']}.npy"), ref, data_range=1.0)
+                tiled = np.load(out / f"tile{r['tile']}_{r['overlap']}_{r['stats']}.npy")
+                r["psnr_vs_whole_db"] = psnr(tiled, ref, data_range=1.0)
     report = {"image": args.image, "size": args.size, "weights": args.weights, "runs": rows}
     (out / "large_image.json").write_text(json.dumps(report, indent=2))
-    print("| mode | tile:overlap | seconds (incl. compile) | peak RSS GiB | PSNR vs whole dB |")
+    print("| mode | tile:overlap:stats | seconds (incl. compile) | peak RSS GiB | PSNR vs whole dB |")
     print("|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| failed | {r['tile']}:{r['overlap']} | - | - | - |")
+            print(f"| failed | {r['tile']}:{r['overlap']}:{r['stats']} | - | - | - |")
             continue
-        tl = f"{r['tile']}:{r['overlap']}" if r["tile"] else "-"
+        tl = f"{r['tile']}:{r['overlap']}:{r['stats']}" if r["tile"] else "-"
         print(f"| {r['mode']} | {tl} | {r['seconds_with_compile']:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} | "
               f"{r.get('psnr_vs_whole_db', float('nan')):.2f} |")  # fmt: skip
     return 0

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from minet_jax import global_stats
 from minet_jax.model import MINet
 
 
@@ -45,15 +46,50 @@ def as_rgb01(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected uint8 (0..255) or float ([0, 1]) pixels, got dtype {x.dtype}")
 
 
-def dehaze(model: MINet, image: np.ndarray, clip: bool = True, tile: int = 0, overlap: int = 64) -> np.ndarray:
+TILE_STATS = ("tile", "image")
+
+
+def whole_image_stats(graphdef: nnx.GraphDef, state: nnx.State, rgb01: np.ndarray, size: int = 0) -> list:
+    """The network's spatial statistics (global_stats.record) on the HxWx3 image in [0, 1], or on a
+    copy of it whose long side is at most `size` (antialiased linear resize; 0: full size)."""
+    fmt = nnx.merge(graphdef, state).config.input_format
+    h, w = rgb01.shape[:2]
+    scale = min(1.0, size / max(h, w)) if size else 1.0
+    small = jnp.asarray(rgb01)[None]
+    if scale < 1.0:
+        shape = (1, max(2, round(h * scale)), max(2, round(w * scale)), 3)
+        small = jax.image.resize(small, shape, "linear", antialias=True)
+    return global_stats.record(graphdef, state, to_network(small, fmt))[1]
+
+
+def dehaze(
+    model: MINet,
+    image: np.ndarray,
+    clip: bool = True,
+    tile: int = 0,
+    overlap: int = 64,
+    tile_stats: str = "tile",
+    stats_size: int = 0,
+) -> np.ndarray:
     """Dehaze an RGB image (HxWx3 uint8, or float in [0, 1]; a leading batch axis is allowed).
 
     Returns float32 RGB on the [0, 1] scale with the input's shape; `clip=False` gives the
-    unclamped network output on that scale. `tile > 0` runs overlapping tile x tile pieces one at
-    a time (bounded memory; instance norm then sees per-tile statistics, see tiling.py).
+    unclamped network output on that scale.
+
+    `tile > 0` runs overlapping tile x tile pieces one at a time, blended. With
+    `tile_stats="tile"` (default) each tile uses its own instance-norm and attention statistics:
+    memory is bounded by the tile, at a large cost in PSNR (README). `"image"` replays the whole
+    image's statistics, recorded on a copy downscaled to a long side of `stats_size` (0: full
+    size, exact statistics, but that pass needs the whole image's memory); it needs the unrolled
+    forward solver.
     """
+    if tile_stats not in TILE_STATS:
+        raise ValueError(f"tile_stats must be one of {TILE_STATS}, got {tile_stats!r}")
+    if stats_size < 0:
+        raise ValueError(f"stats_size must be >= 0 (0: full size), got {stats_size}")
     x = as_rgb01(image)
     graphdef, state = nnx.split(model)
+    fmt = model.config.input_format
 
     def run(batch: np.ndarray) -> np.ndarray:
         return np.asarray(_dehaze_rgb01(graphdef, state, jnp.asarray(batch)))
@@ -61,8 +97,19 @@ def dehaze(model: MINet, image: np.ndarray, clip: bool = True, tile: int = 0, ov
     if tile > 0:
         from minet_jax.tiling import tiled_apply  # noqa: PLC0415
 
+        def one_frame(frame: np.ndarray) -> np.ndarray:
+            if tile_stats == "tile":
+                return tiled_apply(lambda p: run(p[None])[0], frame, tile, overlap)
+            stats = whole_image_stats(graphdef, state, frame, stats_size)
+
+            def fn(p: np.ndarray) -> np.ndarray:
+                y = global_stats.replay(graphdef, state, to_network(jnp.asarray(p[None]), fmt), stats)
+                return np.asarray(from_network(y, fmt))[0]
+
+            return tiled_apply(fn, frame, tile, overlap)
+
         frames = x if x.ndim == 4 else x[None]
-        y = np.stack([tiled_apply(lambda p: run(p[None])[0], f, tile, overlap) for f in frames])
+        y = np.stack([one_frame(f) for f in frames])
     else:
         y = run(x if x.ndim == 4 else x[None])
     y = y if x.ndim == 4 else y[0]

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from minet_jax import conv, solvers
+from minet_jax import conv, global_stats, solvers
 from minet_jax.model_config import model_config
 
 Array = jax.Array
@@ -63,8 +63,9 @@ def _conv(cfg, cin, cout, k, *, stride=1, dilation=1, bias=False, groups=1, init
 
 def _norm(c: int, rngs: nnx.Rngs) -> nnx.InstanceNorm:
     # PyTorch InstanceNorm2d(affine=True): biased variance, eps 1e-5, no running statistics.
-    # Statistics in float32 even under bf16 compute.
-    return nnx.InstanceNorm(c, epsilon=1e-5, use_fast_variance=False, dtype=jnp.float32, rngs=rngs)
+    # Statistics in float32 even under bf16 compute. The subclass can replay whole-image
+    # statistics for tiled inference (global_stats.py) and is nnx.InstanceNorm otherwise.
+    return global_stats.InstanceNorm(c, epsilon=1e-5, use_fast_variance=False, dtype=jnp.float32, rngs=rngs)
 
 
 class ShareSepConv(nnx.Module):
@@ -150,6 +151,18 @@ class IMBlock(nnx.Module):
 
     def __call__(self, g0: Array, probe: Array | None = None) -> tuple[Array, solvers.SolverStats]:
         """`probe`: optional (2,) zeros whose gradient reports the backward solve (solvers.py)."""
+        if global_stats.active():
+            # Recording or replaying statistics: each step's norms are separate calls.
+            if self.solver.forward != "unrolled":
+                raise ValueError(
+                    "whole-image statistics for tiling need model.solver.forward='unrolled', "
+                    f"got {self.solver.forward!r}"
+                )
+            g = g0
+            for _ in range(self.T):
+                g = g0 + self.eta * self.f(g).astype(g0.dtype)
+            nan = jnp.full((self.T,), jnp.nan, jnp.float32)
+            return g, solvers.SolverStats(jnp.asarray(self.T, jnp.int32), nan[-1], nan)
         graphdef, params = nnx.split(self.f)
         return solvers.solve(field_fn(graphdef), params, g0, T=self.T, eta=self.eta, cfg=self.solver, probe=probe)
 
@@ -166,7 +179,7 @@ class ImageAttention(nnx.Module):
         self.l3_b = nnx.Param(jax.random.uniform(rngs.params(), (1,), minval=-1.0, maxval=1.0))
 
     def __call__(self, x: Array) -> Array:
-        v = jnp.mean(self.c0(x).astype(jnp.float32), axis=(1, 2), keepdims=True)
+        v = global_stats.spatial_mean(self.c0(x).astype(jnp.float32))
         v = v * self.l2_w[0, 0] + self.l2_b[0]
         v = v * self.l3_w[0, 0] + self.l3_b[0]
         return x + x * jax.nn.sigmoid(v).astype(x.dtype)
@@ -182,7 +195,7 @@ class FeatureAttention(nnx.Module):
         self.fc2 = nnx.Linear(hidden, c, kernel_init=_torch_default, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
-        v = jnp.mean(self.conv(x).astype(jnp.float32), axis=(1, 2), keepdims=True)
+        v = global_stats.spatial_mean(self.conv(x).astype(jnp.float32))
         v = self.fc2(jax.nn.relu(self.fc1(v)))
         return x + x * jax.nn.sigmoid(v).astype(x.dtype)
 

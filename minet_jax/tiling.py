@@ -1,9 +1,10 @@
 """Tiled inference for images too large for a device's memory.
 
 MI-Net is not a local operator: instance norm and the channel attention use whole-image
-statistics, so a tiled result differs from the whole-image one (benchmarks/large_image.py and
-`evaluate.py --tile` measure by how much). Tiles overlap and are blended with weights that fall linearly to the tile edges,
-which hides seams.
+statistics, so a tiled result differs from the whole-image one, by far more than the
+convolutions' missing context at tile edges (README; `benchmarks/large_image.py` and `evaluate.py
+--tile` measure it; global_stats.py separates the two causes). Tiles overlap and are blended with
+weights that fall linearly to the tile edges, which hides seams.
 """
 
 from __future__ import annotations
