@@ -16,16 +16,18 @@ _EXPORTS = {
     "load_pretrained": "minet_jax.checkpoint",
     "save_model": "minet_jax.checkpoint",
 }
-__all__ = sorted([*_EXPORTS, "model_config"])
+__all__ = ["MINet", "count_params", "dehaze", "load_pretrained", "model_config", "save_model"]
 
 # Eager (and light): the submodule shares the function's name, and a lazy attribute would be
 # shadowed by the submodule once anything imports `minet_jax.model_config`.
-from minet_jax.model_config import model_config  # noqa: E402
+from minet_jax.model_config import model_config as model_config  # noqa: E402
 
 if TYPE_CHECKING:
-    from minet_jax.checkpoint import load_pretrained, save_model
-    from minet_jax.inference import dehaze
-    from minet_jax.model import MINet, count_params
+    from minet_jax.checkpoint import load_pretrained as load_pretrained
+    from minet_jax.checkpoint import save_model as save_model
+    from minet_jax.inference import dehaze as dehaze
+    from minet_jax.model import MINet as MINet
+    from minet_jax.model import count_params as count_params
 
 
 def __getattr__(name: str):

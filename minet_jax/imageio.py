@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["ImageReadError", "read_rgb", "write_png", "to_uint8"]
+__all__ = ["ImageReadError", "read_rgb", "to_uint8", "write_png"]
 
 PathLike = str | os.PathLike[str]
 

@@ -8,7 +8,7 @@ import dm_pix
 import jax
 import numpy as np
 
-__all__ = ["mse", "psnr", "ssim", "psnr_of_mean_mse"]
+__all__ = ["mse", "psnr", "psnr_of_mean_mse", "ssim"]
 
 SSIM_WINDOW = 11
 

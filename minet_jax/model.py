@@ -243,9 +243,9 @@ class MINet(nnx.Module):
 
     def _init_identity_output(self) -> None:
         eye = jnp.eye(3, dtype=jnp.float32)[None, None]
-        for conv in (self.conv_su2, self.deconv):
-            conv.kernel[...] = eye
-            conv.bias[...] = jnp.zeros((3,), jnp.float32)
+        for layer in (self.conv_su2, self.deconv):
+            layer.kernel[...] = eye
+            layer.bias[...] = jnp.zeros((3,), jnp.float32)
         self.conv_su1.kernel[...] = self.conv_su1.kernel[...] * 1e-3
         self.conv_su1.bias[...] = jnp.zeros((3,), jnp.float32)
         if self.attention is not None:

@@ -41,6 +41,6 @@ def test_minet_gradients_do_not_depend_on_conv_impl():
         cfg = model_config("official")
         cfg.channels, cfg.T, cfg.conv_impl, cfg.input_format = 8, 2, impl, "rgb01"
         graphdef, params = nnx.split(MINet(cfg, rngs=nnx.Rngs(1)))
-        grads[impl] = jax.grad(lambda p: jnp.mean(nnx.merge(graphdef, p)(x) ** 2))(params)
+        grads[impl] = jax.grad(lambda p, gd=graphdef: jnp.mean(nnx.merge(gd, p)(x) ** 2))(params)
     for a, b in zip(jax.tree.leaves(grads["xla"]), jax.tree.leaves(grads["im2col"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * max(1.0, float(jnp.abs(a).max())))

@@ -39,7 +39,7 @@ def test_eta_is_configurable():
 
 def _torch_conv2d(x, w, b=None, stride=1, pad=0, dil=1):
     """PyTorch Conv2d semantics in numpy: x (C, H, W), w (O, C, kh, kw) cross-correlation."""
-    c, h, wd = x.shape
+    _, h, wd = x.shape
     o, _, kh, kw = w.shape
     xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad)))
     ho = (h + 2 * pad - dil * (kh - 1) - 1) // stride + 1
@@ -54,7 +54,7 @@ def _torch_conv2d(x, w, b=None, stride=1, pad=0, dil=1):
 
 def _torch_conv_transpose2d(x, w, b, stride, pad):
     """PyTorch ConvTranspose2d semantics in numpy, by scattering: w (C_in, C_out, kh, kw)."""
-    c, h, wd = x.shape
+    _, h, wd = x.shape
     _, o, kh, kw = w.shape
     full = np.zeros((o, (h - 1) * stride + kh, (wd - 1) * stride + kw))
     for i in range(h):

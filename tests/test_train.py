@@ -85,7 +85,7 @@ def test_summary_and_outputs(finished_run):
     radii = [r[f"stability/block{i}_radius"] for r in records if "stability/block1_radius" in r for i in (1, 2, 3)]
     assert len(radii) == 3 * (cfg.num_steps // cfg.stability.every) and all(0 < x < 100 for x in radii)
     assert any(p.stat().st_size > 0 for p in (workdir / "tensorboard").iterdir())
-    grid = read_rgb(sorted((workdir / "images").iterdir())[-1])
+    grid = read_rgb(max((workdir / "images").iterdir()))
     assert grid.shape == (48, 3 * 64 + 2 * 4, 3)
 
 
