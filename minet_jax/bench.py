@@ -20,6 +20,10 @@ XLA counts the depthwise convolutions' weight gradients 64x over (see `cost`), s
 uses the jaxpr count. A program with a data-dependent loop (implicit adjoint, fixed-point
 forward) has its loop body counted once: its FLOPs are a lower bound and no rate is derived.
 
+Memory: XLA's memory analysis is an estimate, and on CPU a low one (a 4K forward estimated at
+~4 GiB peaked at 12.7 GiB resident). `--isolate` runs every row in its own process and records
+its peak resident memory (`ru_maxrss`) beside the resident memory before the row's work began.
+
 Prints Markdown tables and writes OUTPUT/bench.json (with the machine named) and bench.md.
 Weights are random at the released network's scale: timings do not depend on them.
 """
@@ -31,7 +35,10 @@ import copy
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -270,6 +277,12 @@ def _g(v, scale=1.0, fmt="{:.3g}") -> str:
     return "-" if v is None else fmt.format(v / scale)
 
 
+def _rss(r: dict) -> str:
+    if r.get("rss_peak_bytes") is None:
+        return "-"
+    return f"{r['rss_peak_bytes'] / 2**20:.0f} ({r['rss_before_bytes'] / 2**20:.0f})"
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"machine: {m['device']} ({m['backend']}, {m['device_count']} device(s), {m['cpu_count']} CPU cores), "
@@ -282,8 +295,8 @@ def markdown(report: dict) -> str:
     if report.get("inference"):
         lines += [
             "| dtype | batch (per pass) | HxW | median s | images/s | GFLOP/image (convs; XLA) | GFLOP/s "
-            "| of measured peak | of nominal | XLA MiB |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| of measured peak | of nominal | XLA MiB | RSS MiB: peak (before) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in report["inference"]:
             mb = r.get("microbatch", r["batch"])
@@ -293,15 +306,15 @@ def markdown(report: dict) -> str:
                 f"{r['images_per_s']:.3f} | {_g(r['conv_flops_per_image'], 1e9)}; {_g(r['xla_flops_per_image'], 1e9)} | "
                 f"{_g(r['achieved_flops_per_s'], 1e9)} | "
                 f"{_g(r['fraction_of_measured_peak'], fmt='{:.1%}')} | {_g(r['fraction_of_nominal_peak'], fmt='{:.1%}')} | "
-                f"{_g(r['xla_peak_bytes'], 2**20, '{:.0f}')} |"
+                f"{_g(r['xla_peak_bytes'], 2**20, '{:.0f}')} | {_rss(r)} |"
             )
         lines.append("")
     if report.get("training"):
         lines += [
             "| training step | dtype | crop x batch | T | median s | images/s | GFLOP/step (convs; XLA) | GFLOP/s "
             "| of measured peak "
-            "| XLA MiB | device peak MiB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| XLA MiB | device peak MiB | RSS MiB: peak (before) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in report["training"]:
             fl = f"{_g(r['conv_flops_per_step'], 1e9)}; {_g(r['xla_flops_per_step'], 1e9)}" + (
@@ -311,7 +324,7 @@ def markdown(report: dict) -> str:
                 f"| {r['name']} | {r['dtype']} | {r['crop']}x{r['batch']} | {r['T']} | {r['median_s']:.3f} | "
                 f"{r['images_per_s']:.3f} | {fl} | {_g(r['achieved_flops_per_s'], 1e9)} | "
                 f"{_g(r['fraction_of_measured_peak'], fmt='{:.1%}')} | {_g(r['xla_peak_bytes'], 2**20, '{:.0f}')} | "
-                f"{_g(r['device_peak_bytes'], 2**20, '{:.0f}')} |"
+                f"{_g(r['device_peak_bytes'], 2**20, '{:.0f}')} | {_rss(r)} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -325,6 +338,38 @@ PRESETS = {
     "cpu": dict(sizes="460x620,1080x1920", batches="1", dtypes="float32,bfloat16", repeats=3,
                 train_crop=128, train_batch=4, train_repeats=3),  # fmt: skip
 }
+
+
+def _rss_peak() -> int:
+    """This process's peak resident memory so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _row(kind: str, kwargs: dict, isolate: bool) -> dict:
+    """One benchmark row, in this process or (isolate) in a fresh one that also reports its peak
+    resident memory."""
+    fn = {"inference": bench_inference, "training": bench_training}[kind]
+    if not isolate:
+        return fn(**kwargs)
+    res = subprocess.run(
+        [sys.executable, "-m", "minet_jax.bench", "--row", json.dumps({"kind": kind, "kwargs": kwargs})],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if res.returncode != 0:
+        raise RuntimeError(f"{kind} row {kwargs} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _child_row(spec: str) -> int:
+    spec = json.loads(spec)
+    kwargs = spec["kwargs"]
+    if "shape" in kwargs:
+        kwargs["shape"] = tuple(kwargs["shape"])
+    before = _rss_peak()
+    row = {"inference": bench_inference, "training": bench_training}[spec["kind"]](**kwargs)
+    row.update(rss_before_bytes=before, rss_peak_bytes=_rss_peak())
+    print(json.dumps(row), flush=True)
+    return 0
 
 
 def _csv(s: str) -> list[str]:
@@ -352,8 +397,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="model setting for every row, e.g. --set share_sep_impl=xla (repeatable)")  # fmt: skip
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                         help="training setting, e.g. --train-set stability.weight=1.0 (repeatable)")  # fmt: skip
+    parser.add_argument("--isolate", action="store_true",
+                        help="run each inference / training row in its own process and record its peak resident memory")  # fmt: skip
     parser.add_argument("--output", default="", help="folder for bench.json and bench.md")
+    parser.add_argument("--row", default=None, help=argparse.SUPPRESS)  # child process of --isolate
     args = parser.parse_args(argv)
+    if args.row:
+        return _child_row(args.row)
     preset = PRESETS[args.preset or ("cpu" if jax.default_backend() == "cpu" else "gpu")]
     for k, v in preset.items():
         if getattr(args, k) is None:
@@ -385,8 +435,9 @@ def main(argv: list[str] | None = None) -> int:
             h, w = (int(v) for v in size.lower().split("x"))
             for b in (int(v) for v in _csv(args.batches)):
                 for dtype in dtypes:
-                    row = bench_inference(args.variant, dtype, (b, h, w, 3), args.repeats, report["peak"], overrides,
-                                          args.microbatch)  # fmt: skip
+                    row = _row("inference", dict(variant=args.variant, dtype=dtype, shape=(b, h, w, 3),
+                               repeats=args.repeats, peaks=report["peak"], overrides=overrides,
+                               microbatch=args.microbatch), args.isolate)  # fmt: skip
                     print(f"inference {dtype} {b}x{h}x{w}: {row['median_s']:.3f} s", flush=True)
                     report["inference"].append(row)
                     save()
@@ -394,8 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         report["training"] = []
         for pair in _csv(args.pairs):
             for dtype in dtypes:
-                row = bench_training(pair, dtype, args.train_crop, args.train_batch, args.T, args.train_repeats,
-                                     report["peak"], overrides, train_overrides)  # fmt: skip
+                row = _row("training", dict(pair=pair, dtype=dtype, crop=args.train_crop, batch=args.train_batch,
+                           T=args.T, repeats=args.train_repeats, peaks=report["peak"], overrides=overrides,
+                           train_overrides=train_overrides), args.isolate)  # fmt: skip
                 print(f"training {row['name']} {dtype}: {row['median_s']:.3f} s", flush=True)
                 report["training"].append(row)
                 save()
