@@ -341,8 +341,17 @@ PRESETS = {
 
 
 def _rss_peak() -> int:
-    """This process's peak resident memory so far, in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory so far, in bytes.
+
+    Linux's VmHWM where there is one: `ru_maxrss` survives exec, so a child started by a large
+    process would report at least its parent's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def _row(kind: str, kwargs: dict, isolate: bool) -> dict:
