@@ -5,7 +5,7 @@
         --tiles 512:64:tile,512:64:image,512:64:1024 --output out/large_image
 
 The image is resized (bicubic) to `--size`. Each mode runs in its own process so that its peak
-resident memory (ru_maxrss) is its own: `whole` (one forward over the whole image, what the
+resident memory (`bench.peak_rss_bytes`) is its own: `whole` (one forward over the whole image, what the
 network was trained for: instance norm and the attention see whole-image statistics) and
 `tiled` per `--tiles S:P:STATS` (S x S tiles, P pixels of overlap, blended; see minet_jax/tiling.py;
 STATS `tile`: each tile's own instance-norm and attention statistics, `image`: the whole image's,
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -37,20 +36,24 @@ def run_mode(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from minet_jax import dehaze, load_pretrained
+    from minet_jax.bench import peak_rss_bytes
     from minet_jax.imageio import read_rgb
 
     h, w = (int(v) for v in args.size.lower().split("x"))
     rgb = np.asarray(Image.fromarray(read_rgb(args.image)).resize((w, h), Image.Resampling.BICUBIC))
     model = load_pretrained(args.weights)
     t0 = time.perf_counter()
-    stats, size = ("image", 0 if args.stats == "image" else int(args.stats)) if args.stats[0] in "i0123456789" else ("tile", 0)
+    if args.stats in ("tile", "image"):
+        stats, size = args.stats, 0
+    else:  # a number: whole-image statistics recorded on a copy of that long side
+        stats, size = "image", int(args.stats)
     out = dehaze(model, rgb, clip=True, tile=args.tile, overlap=args.overlap, tile_stats=stats, stats_size=size)
     seconds = time.perf_counter() - t0
     np.save(args.save, out.astype(np.float32))
     print(json.dumps({
         "mode": "tiled" if args.tile else "whole", "tile": args.tile, "overlap": args.overlap if args.tile else None,
         "stats": args.stats if args.tile else None,
-        "seconds_with_compile": seconds, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "seconds_with_compile": seconds, "peak_rss_bytes": peak_rss_bytes(),
         "backend": jax.default_backend(), "height": h, "width": w,
     }))  # fmt: skip
 
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    modes = [] if args.no_whole else [(0, 0, "-")]
+    modes = [] if args.no_whole else [(0, 0, "tile")]
     for t in (t for t in args.tiles.split(",") if t):
         parts = t.split(":")
         if len(parts) == 2:

@@ -49,10 +49,9 @@ def as_rgb01(image: np.ndarray) -> np.ndarray:
 TILE_STATS = ("tile", "image")
 
 
-def whole_image_stats(graphdef: nnx.GraphDef, state: nnx.State, rgb01: np.ndarray, size: int = 0) -> list:
+def _whole_image_stats(graphdef: nnx.GraphDef, state: nnx.State, fmt: str, rgb01: np.ndarray, size: int) -> list:
     """The network's spatial statistics (global_stats.record) on the HxWx3 image in [0, 1], or on a
     copy of it whose long side is at most `size` (antialiased linear resize; 0: full size)."""
-    fmt = nnx.merge(graphdef, state).config.input_format
     h, w = rgb01.shape[:2]
     scale = min(1.0, size / max(h, w)) if size else 1.0
     small = jnp.asarray(rgb01)[None]
@@ -100,7 +99,7 @@ def dehaze(
         def one_frame(frame: np.ndarray) -> np.ndarray:
             if tile_stats == "tile":
                 return tiled_apply(lambda p: run(p[None])[0], frame, tile, overlap)
-            stats = whole_image_stats(graphdef, state, frame, stats_size)
+            stats = _whole_image_stats(graphdef, state, fmt, frame, stats_size)
 
             def fn(p: np.ndarray) -> np.ndarray:
                 y = global_stats.replay(graphdef, state, to_network(jnp.asarray(p[None]), fmt), stats)

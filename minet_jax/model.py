@@ -151,19 +151,22 @@ class IMBlock(nnx.Module):
 
     def __call__(self, g0: Array, probe: Array | None = None) -> tuple[Array, solvers.SolverStats]:
         """`probe`: optional (2,) zeros whose gradient reports the backward solve (solvers.py)."""
+        graphdef, params = nnx.split(self.f)
         if global_stats.active():
-            # Recording or replaying statistics: each step's norms are separate calls.
+            # Recording or replaying statistics: the scan would trace f once for all T steps, but
+            # each step's norms are separate statistics, so the steps are written out here.
             if self.solver.forward != "unrolled":
                 raise ValueError(
                     "whole-image statistics for tiling need model.solver.forward='unrolled', "
                     f"got {self.solver.forward!r}"
                 )
-            g = g0
+            f, g, residuals = field_fn(graphdef), g0, []
             for _ in range(self.T):
-                g = g0 + self.eta * self.f(g).astype(g0.dtype)
-            nan = jnp.full((self.T,), jnp.nan, jnp.float32)
-            return g, solvers.SolverStats(jnp.asarray(self.T, jnp.int32), nan[-1], nan)
-        graphdef, params = nnx.split(self.f)
+                g_next = g0 + self.eta * f(params, g)
+                residuals.append(solvers.relative_residual(g_next, g))
+                g = g_next
+            residuals = jnp.stack(residuals)
+            return g, solvers.SolverStats(jnp.asarray(self.T, jnp.int32), residuals[-1], residuals)
         return solvers.solve(field_fn(graphdef), params, g0, T=self.T, eta=self.eta, cfg=self.solver, probe=probe)
 
 
