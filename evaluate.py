@@ -1,7 +1,7 @@
 """Dehaze a folder of images with MI-Net and score the results against ground truth.
 
     python evaluate.py --checkpoint CKPT --data DIR --output OUT [--border-crop N] [--limit K] [--no-images]
-                       [--set dtype=bfloat16] [--tile 256 --overlap 32 [--tile-stats image|tile] [--stats-size N]]
+                       [--set model.dtype=bfloat16] [--tile 256 --overlap 32 [--tile-stats image|tile] [--stats-size N]]
 
 Writes ``OUT/metrics.json`` (means of per-image PSNR / SSIM on the uint8 outputs, the
 authors' PSNR of the mean unclamped squared error, and the same metrics for the hazy input),
@@ -25,8 +25,8 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm import tqdm
 
-from minet_jax.checkpoint import parse_overrides  # noqa: F401 (also evaluate.parse_overrides)
-from minet_jax.imageio import ImageReadError, read_rgb, to_uint8, write_png
+from minet_jax.config import ConfigError, apply_overrides, nest, parse_overrides, train_config
+from minet_jax.image_io import ImageReadError, read_rgb, to_uint8, write_png
 from minet_jax.layouts import LayoutError, Pair, find_pairs
 from minet_jax.metrics import SSIM_WINDOW, psnr, psnr_of_mean_mse, ssim
 
@@ -209,6 +209,17 @@ def default_predict_factory(
     return predict
 
 
+def model_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`--set model.KEY=VALUE` items (rooted at the training config, as everywhere) as the nested
+    keyword overrides `load_pretrained` takes; anything but `model.*` is refused."""
+    pairs = parse_overrides(items)
+    for key, _ in pairs:
+        if not key.startswith("model."):
+            raise ConfigError(f"--set {key}: evaluate.py takes model settings only (model.KEY=VALUE, e.g. model.dtype=bfloat16)")
+    apply_overrides(train_config(), pairs)  # unknown keys and wrong types, before anything loads
+    return nest((key.removeprefix("model."), value) for key, value in pairs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -238,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="override a model setting that holds no weights, e.g. --set dtype=bfloat16, --set T=16, "
-        "--set solver.forward=fixed_point --set solver.tol=1e-3 (repeatable)",
+        help="override a model setting that holds no weights, e.g. --set model.dtype=bfloat16, --set model.T=16, "
+        "--set model.solver.forward=fixed_point --set model.solver.tol=1e-3 (repeatable)",
     )  # fmt: skip
     return p
 
@@ -271,8 +282,8 @@ def main(argv: Sequence[str] | None = None, predict_factory: Callable[[str], Pre
         pairs = pairs[: args.limit]
 
     try:
-        overrides = parse_overrides(args.set)
-    except ValueError as e:
+        overrides = model_overrides(args.set)
+    except ConfigError as e:
         parser.error(str(e))
     if predict_factory is None:
         predict = default_predict_factory(

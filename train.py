@@ -1,15 +1,19 @@
 """Train MI-Net.
 
-    python train.py                                         # embedded synthetic haze, ~10 min on CPU
-    python train.py --config configs/official_its.py --workdir runs/its --config.num_steps=1000
+    python train.py                                         # configs/default.py: embedded synthetic haze
+    python train.py --config configs/official_its.py --workdir runs/its --set num_steps=1000
+    python train.py --config test --set model.T=4 --config.lr=1e-3   # ml_collections' spelling works too
 
-Resumes from the newest checkpoint in --workdir (parameters, optimiser state, step; the data order
-is a pure function of the seed and the step). Writes TensorBoard events, metrics.jsonl, image grids,
-checkpoints (the last K and the best by validation PSNR) and, at the end, summary.json.
+`--config` takes a config file or a preset name from configs/; `--set KEY=VALUE` (or
+`--config.KEY=VALUE`) overrides any field of it (minet_jax.config). Resumes from the newest
+checkpoint in --workdir (parameters, optimiser state, step; the data order is a pure function of
+the seed and the step). Writes TensorBoard events, metrics.jsonl, image grids, checkpoints (the
+last K and the best by validation PSNR) and, at the end, summary.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -17,123 +21,19 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from absl import app, flags, logging
-from flax import nnx
+from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from ml_collections import config_flags
-from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from tqdm import tqdm
 
-from minet_jax import training
-from minet_jax.checkpoint import build_model, params_of
-from minet_jax.imageio import to_uint8
+from minet_jax import checkpoint, training
+from minet_jax.checkpoint import build_model
+from minet_jax.config import ConfigError, apply_overrides, load_config
 from minet_jax.logs import MetricLog, image_grid
-from minet_jax.metrics import psnr, ssim
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training configuration file.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, logs and summary go.")
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, incompatible checkpoint, ...)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_manager(workdir: Path, cfg) -> ocp.CheckpointManager:
-    policy = pp.AnyPreservationPolicy(
-        [
-            pp.LatestN(cfg.keep_checkpoints),
-            pp.BestN(get_metric_fn=lambda m: m["val_psnr"], reverse=False, n=1, keep_checkpoints_without_metrics=False),
-        ]
-    )
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
-    return ocp.CheckpointManager(
-        workdir / "checkpoints", options=options, item_names=("params", "train_state", "model_config", "meta")
-    )
-
-
-# How a layer is computed, not what it computes: free to differ between a checkpoint and its resume.
-IMPLEMENTATION_KEYS = ("conv_impl", "share_sep_impl")
-
-
-def _config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    diffs = []
-    for key in sorted((set(saved) | set(current)) - ({*IMPLEMENTATION_KEYS} if not prefix else set())):
-        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _config_diff(a, b, f"{prefix}{key}.")
-        elif json.dumps(a) != json.dumps(b):
-            diffs.append(f"{prefix}{key}: checkpoint {a!r}, config {b!r}")
-    return diffs
-
-
-def save(mngr, state: training.TrainState, graphdef, cfg, val: dict | None) -> None:
-    model = nnx.merge(graphdef, state.params)
-    step = int(state.step)
-    mngr.save(
-        step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params_of(model)),
-            train_state=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step}),
-            model_config=ocp.args.JsonSave(json.loads(cfg.model.to_json())),
-            meta=ocp.args.JsonSave({"step": step, "seed": cfg.seed, "data_position": step, "val": val}),
-        ),
-        metrics={"val_psnr": val["val_psnr"]} if val else None,
-    )
-
-
-def restore(mngr, state: training.TrainState, graphdef, cfg) -> training.TrainState:
-    """The newest checkpoint's state; refuses one made for another model or seed."""
-    step = mngr.latest_step()
-    saved = mngr.restore(step, args=ocp.args.Composite(model_config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
-    diffs = _config_diff(saved["model_config"], json.loads(cfg.model.to_json()))
-    if diffs:
-        raise TrainingError(
-            f"checkpoint {mngr.directory / str(step)} was made for another model config:\n  " + "\n  ".join(diffs)
-        )
-    if saved["meta"]["seed"] != cfg.seed:
-        raise TrainingError(f"checkpoint at step {step} used seed {saved['meta']['seed']}, config says {cfg.seed}")
-    model = nnx.merge(graphdef, state.params)
-    target_params = jax.tree.map(np.asarray, params_of(model))
-    target_ts = jax.tree.map(np.asarray, {"opt_state": state.opt_state, "step": state.step})
-    out = mngr.restore(
-        step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(target_params), train_state=ocp.args.StandardRestore(target_ts)
-        ),
-    )
-    nnx.replace_by_pure_dict(state.params, out["params"])
-    opt_state = jax.tree.map(lambda t, v: jax.numpy.asarray(v, t.dtype), state.opt_state, out["train_state"]["opt_state"])
-    return training.TrainState(jax.numpy.asarray(out["train_state"]["step"]), state.params, opt_state, state.last_good)
-
-
-def best_saved(mngr) -> tuple[int | None, float | None]:
-    """(step, validation PSNR) of the best kept checkpoint, from their `meta` items."""
-    best = (None, None)
-    for step in mngr.all_steps():
-        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        val = meta.get("val")
-        if val and (best[1] is None or val["val_psnr"] > best[1]):
-            best = (step, val["val_psnr"])
-    return best
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation
-
-
-def input_quality(images: list[dict]) -> dict:
-    """The hazy inputs' own PSNR / SSIM against the clear images."""
-    hz = [(to_uint8(ex["hazy"]), to_uint8(ex["clear"])) for ex in images]
-    return {
-        "input_psnr": float(np.mean([psnr(a, b) for a, b in hz])),
-        "input_ssim": float(np.mean([ssim(a, b) for a, b in hz])),
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,18 +51,6 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
 
 # ---------------------------------------------------------------------------------------------
 # Main loop
-
-
-def stability_probe_input(val_images: list[dict], crop_size: int) -> np.ndarray | None:
-    """The training-time radius probe's input: a fixed central crop (training crop size, else 128)
-    of the first validation image, so that its curve follows the parameters and not the batch.
-    None (probe the batch instead) without validation images."""
-    if not val_images:
-        return None
-    img = val_images[0]["hazy"]
-    s = min(int(crop_size) or 128, *img.shape[:2])
-    y, x = (img.shape[0] - s) // 2, (img.shape[1] - s) // 2
-    return np.ascontiguousarray(img[None, y : y + s, x : x + s])
 
 
 def train_and_evaluate(cfg, workdir: str | Path) -> dict:
@@ -189,24 +77,27 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
     schedule = training.learning_rate_schedule(cfg)
     graphdef, state = training.init_state(model, tx)
     del model
-    mngr = checkpoint_manager(workdir, cfg)
+    mngr = checkpoint.checkpoint_manager(workdir, cfg.keep_checkpoints)
     if mngr.latest_step() is not None:
-        state = restore(mngr, state, graphdef, cfg)
+        try:
+            state = checkpoint.restore_train_state(mngr, state, cfg)
+        except checkpoint.ConfigMismatch as e:
+            raise TrainingError(f"{e}\nto train this config, choose another --workdir") from None
         print(f"resumed from {mngr.directory / str(int(state.step))}", flush=True)
     state = jax.device_put(state, replicated)
     start = int(state.step)
 
     # Data
     val_images = input_pipeline.val_images(cfg.data)
-    inputs = input_quality(val_images)
+    inputs = training.input_quality(val_images)
     batches = input_pipeline.train_iterator(
         cfg.data, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start,
         process_index=jax.process_index(), process_count=jax.process_count(),
     )  # fmt: skip
 
     train_step = training.make_train_step(graphdef, tx, cfg.loss, cfg.stability)
-    stability_probe = training.make_stability_probe(graphdef, cfg.stability.iters) if cfg.stability.every else None
-    probe_input = stability_probe_input(val_images, cfg.data.crop_size)
+    radius_monitor = training.make_radius_monitor(graphdef, cfg.stability.iters) if cfg.stability.every else None
+    monitor_input = training.radius_monitor_input(val_images, cfg.data.crop_size)
     predict = training.make_predict(graphdef)
     is_main = jax.process_index() == 0
     log = MetricLog(workdir, enabled=is_main)
@@ -233,9 +124,9 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
                 t_last, n_last = now, step
                 log.scalars(step, values)
                 bar.set_postfix(loss=f"{values['loss']:.4g}", psnr=f"{values['train_psnr']:.2f}")
-            if stability_probe is not None and step % cfg.stability.every == 0:
+            if radius_monitor is not None and step % cfg.stability.every == 0:
                 # Its own schedule: tying it to log steps silently skipped it when the periods differed.
-                radii = stability_probe(state.params, batch["hazy"] if probe_input is None else probe_input, step)
+                radii = radius_monitor(state.params, batch["hazy"] if monitor_input is None else monitor_input, step)
                 log.scalars(step, {k: float(v) for k, v in radii.items()})
             if step % cfg.eval_every == 0 or final:
                 val, outs = training.validate(predict, state.params, val_images)
@@ -251,13 +142,13 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
             if step % cfg.checkpoint_every == 0 or step % cfg.eval_every == 0 or final:
                 if not bool(state.last_good):
                     raise TrainingError(f"non-finite loss or gradient before step {step}; not checkpointing")
-                save(mngr, state, graphdef, cfg, val if step % cfg.eval_every == 0 or final else None)
+                checkpoint.save_train_state(mngr, state, cfg, val if step % cfg.eval_every == 0 or final else None)
     finally:
         bar.close()
         mngr.wait_until_finished()
         log.close()
 
-    best_step, best_psnr = best_saved(mngr)
+    best_step, best_psnr = checkpoint.best_saved(mngr)
     summary = {
         "steps": int(state.step),
         "wall_time_s": round(time.time() - t_start, 1),
@@ -277,14 +168,48 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
     return summary
 
 
-def main(argv: list[str]) -> int:
-    del argv
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(arguments, overrides): `--set KEY=VALUE` and ml_collections-style `--config.KEY=VALUE` (or
+    `--config.KEY VALUE`) both become KEY=VALUE overrides, in the order given."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="default", help="config file, or a preset name in configs/ (default: default)")
+    parser.add_argument("--workdir", default="runs/default", help="where checkpoints, logs and summary.json go")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set model.T=16 (repeatable; same as --config.model.T=16)")  # fmt: skip
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith(("--config.", "--set=")) or arg == "--set":
+            if arg == "--set":
+                item = argv[i + 1] if i + 1 < len(argv) else parser.error("--set needs KEY=VALUE")
+                i += 1
+            elif arg.startswith("--set="):
+                item = arg.removeprefix("--set=")
+            else:
+                key, sep, value = arg.removeprefix("--config.").partition("=")
+                if not sep:
+                    value = argv[i + 1] if i + 1 < len(argv) else parser.error(f"{arg} needs a value")
+                    i += 1
+                item = f"{key}={value}"
+            overrides.append(item)
+        else:
+            rest.append(arg)
+        i += 1
+    return parser.parse_args(rest), overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    cfg = _CONFIG.value
+    try:
+        cfg = apply_overrides(load_config(args.config), overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if cfg.distributed:
         jax.distributed.initialize()  # coordinator, process count and id from the environment
     try:
-        summary = train_and_evaluate(cfg, _WORKDIR.value)
+        summary = train_and_evaluate(cfg, args.workdir)
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -293,9 +218,9 @@ def main(argv: list[str]) -> int:
         f"hazy input PSNR {summary['input_psnr']:.2f} dB, SSIM {summary['input_ssim']:.4f} "
         f"({summary['val_psnr'] - summary['input_psnr']:+.2f} dB)"
     )
-    print(f"summary: {Path(_WORKDIR.value).resolve() / 'summary.json'}")
+    print(f"summary: {Path(args.workdir).resolve() / 'summary.json'}")
     return 0
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    sys.exit(main())

@@ -36,8 +36,8 @@ def run_mode(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from minet_jax import dehaze, load_pretrained
-    from minet_jax.bench import peak_rss_bytes
-    from minet_jax.imageio import read_rgb
+    from minet_jax.tools.measure import peak_rss_bytes
+    from minet_jax.image_io import read_rgb
 
     h, w = (int(v) for v in args.size.lower().split("x"))
     rgb = np.asarray(Image.fromarray(read_rgb(args.image)).resize((w, h), Image.Resampling.BICUBIC))

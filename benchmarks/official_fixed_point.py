@@ -23,7 +23,7 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minet_jax import load_pretrained  # noqa: E402
-from minet_jax.imageio import read_rgb, to_uint8  # noqa: E402
+from minet_jax.image_io import read_rgb, to_uint8  # noqa: E402
 from minet_jax.inference import as_rgb01, from_network, to_network  # noqa: E402
 from minet_jax.layouts import find_pairs  # noqa: E402
 from minet_jax.metrics import psnr, ssim  # noqa: E402

@@ -5,7 +5,7 @@ SOTS-mini images, at several crop sizes and on the whole image.
         --data ../shared/data/sots-indoor-mini --images 1400_1,1401_1,1402_1 --crops 16,64,0 \
         --output out/official_stability
 
-Crop 0 is the whole image. Each (image, crop) runs `python -m minet_jax.stability` (exact jacfwd
+Crop 0 is the whole image. Each (image, crop) runs `python -m minet_jax.tools.stability` (exact jacfwd
 eigenvalues up to 4,096 unknowns per block, restarted Arnoldi above) into OUTPUT/<image>_<crop>/,
 then one table collects them: rho(eta J_f) and sigma_max per block, whether Theorem 1 holds, and
 whether the estimate converged. Writes OUTPUT/official_stability.json and .md.
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         for crop in (int(c) for c in args.crops.split(",")):
             run_dir = out / f"{stem}_{crop or 'whole'}"
             if not (run_dir / "stability.json").is_file():
-                cmd = [sys.executable, "-m", "minet_jax.stability", "--checkpoint", args.weights, "--image",
+                cmd = [sys.executable, "-m", "minet_jax.tools.stability", "--checkpoint", args.weights, "--image",
                        str(image), "--output", str(run_dir), "--tol", str(args.tol)] + (["--crop", str(crop)] if crop else [])  # fmt: skip
                 print(" ".join(cmd), flush=True)
                 subprocess.run(cmd, check=True, cwd=ROOT)

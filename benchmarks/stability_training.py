@@ -5,7 +5,7 @@
 
 Trains configs/default.py twice on the embedded synthetic data, identical except for
 `config.stability.weight` (0, then `--weight`), with the per-block radius estimate logged every
-`--probe-every` steps. Then probes each final checkpoint on the validation images (restarted
+`--monitor-every` steps. Then probes each final checkpoint on the validation images (restarted
 Arnoldi to `--tol`, not the 20-step training estimate) at the training crop size and on the whole
 validation image. Reports validation PSNR, step time and the radii; writes
 OUTPUT/stability_training.json, .md and radius.png.
@@ -39,10 +39,12 @@ def train(workdir: Path, eta: float, steps: int, weight: float, kind: str, margi
         return
     cmd = [
         sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "default.py"),
-        "--workdir", str(workdir), f"--config.model.eta={eta}", f"--config.num_steps={steps}",
-        f"--config.stability.every={every}", f"--config.stability.weight={weight}",
-        f"--config.stability.kind={kind}", f"--config.stability.margin={margin}",
-        f"--config.eval_every={steps}", f"--config.checkpoint_every={steps}", "--config.progress=False", *extra,
+        "--workdir", str(workdir),
+        *(f"--set={item}" for item in [
+            f"model.eta={eta}", f"num_steps={steps}", f"stability.every={every}", f"stability.weight={weight}",
+            f"stability.kind={kind}", f"stability.margin={margin}", f"eval_every={steps}",
+            f"checkpoint_every={steps}", "progress=False", *extra,
+        ]),
     ]  # fmt: skip
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -94,12 +96,13 @@ def probe(workdir: Path, crop: int, images: int, tol: float) -> dict:
     from minet_jax.checkpoint import load_pretrained
     from minet_jax.inference import to_network
     from minet_jax.input_pipeline import val_images
-    from minet_jax.stability import analyze_model, center_crop
-    from minet_jax.train_config import base_config
+    from minet_jax.config import train_config
+    from minet_jax.jacobian import analyze_model
+    from minet_jax.tools.stability import center_crop
 
     ckpt = last_checkpoint(workdir)
     model = load_pretrained(str(ckpt))
-    vals = val_images(base_config().data)[:images]
+    vals = val_images(train_config().data)[:images]
     out = {"checkpoint": str(ckpt), "images": []}
     for v in vals:
         entry = {"name": v["name"]}
@@ -170,18 +173,19 @@ def plot(report: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--output", required=True)
+    ap.add_argument("--output", default="runs/stability_training", help="results folder (default runs/stability_training)")
     ap.add_argument("--eta", type=float, default=4.0)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--weight", type=float, default=1.0)
     ap.add_argument("--kind", choices=("radius", "frobenius"), default="radius")
     ap.add_argument("--margin", type=float, default=0.9)
-    ap.add_argument("--probe-every", type=int, default=10)
+    ap.add_argument("--monitor-every", type=int, default=10, help="steps between training-time radius estimates")
     ap.add_argument("--probe-images", type=int, default=2, help="validation images probed at the end (0 = none)")
     ap.add_argument("--probe-crop", type=int, default=64)
     ap.add_argument("--tol", type=float, default=1e-3, help="Arnoldi tolerance of the final probes")
     ap.add_argument("--also-eta1", action="store_true", help="also train without the term at eta = 1")
-    ap.add_argument("--set", action="append", default=[], help="extra train.py flag, e.g. --set=--config.seed=1")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra training-config override for both runs, e.g. --set seed=1 (repeatable)")
     args = ap.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,12 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     report["runs"] = {}
     for i, (name, (eta, weight)) in enumerate(runs.items()):
         wd = out / f"run{i}"
-        train(wd, eta, args.steps, weight, args.kind, args.margin, args.probe_every, args.set)
+        train(wd, eta, args.steps, weight, args.kind, args.margin, args.monitor_every, args.set)
         report["runs"][name] = read_run(wd)
     for i, name in enumerate(runs):
         if args.probe_images:
             report["runs"][name]["probe"] = probe(out / f"run{i}", args.probe_crop, args.probe_images, args.tol)
-    from minet_jax.bench import machine
+    from minet_jax.tools.measure import machine
 
     report["machine"] = machine()
     (out / "stability_training.json").write_text(json.dumps(report, indent=2))

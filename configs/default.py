@@ -11,11 +11,11 @@ and validation); validation PSNR 20.14 dB against the hazy input's 15.12 dB (+5.
 deterministic for a seed).
 """
 
-from minet_jax.train_config import base_config
+from minet_jax.config import train_config
 
 
 def get_config():
-    c = base_config("official")
+    c = train_config("official")
     c.model.input_format = "rgb01"
     c.model.init = "identity"
     return c

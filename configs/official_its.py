@@ -9,13 +9,13 @@ Whole 620x460 images, no crops or flips, batch 8, loss ||out - gt||_2 (unsquared
 released weights' (about 36 dB on SOTS-mini, 35.5 dB reported on SOTS).
 """
 
-from minet_jax.train_config import base_config
+from minet_jax.config import train_config
 
 STEPS_PER_EPOCH = 13_990 // 8
 
 
 def get_config():
-    c = base_config("official")
+    c = train_config("official")
     c.data.name = "reside_its"
     c.data.crop_size = 0
     c.data.flip = False

@@ -9,11 +9,11 @@ Adam (beta1 0.99, beta2 0.999 as Sec. 4.2 states), lr 1e-3 times 0.1 every 20,00
 Expected: the paper reports 35.51 dB PSNR and 0.9841 SSIM on SOTS indoor.
 """
 
-from minet_jax.train_config import base_config
+from minet_jax.config import train_config
 
 
 def get_config():
-    c = base_config("paper")
+    c = train_config("paper")
     c.data.name = "reside_its"
     c.data.crop_size = 0
     c.data.flip = False

@@ -5,11 +5,11 @@
 Runs in well under a minute on a CPU; its numbers mean nothing beyond "the loop works".
 """
 
-from minet_jax.train_config import base_config
+from minet_jax.config import train_config
 
 
 def get_config():
-    c = base_config("official")
+    c = train_config("official")
     c.model.input_format = "rgb01"
     c.model.init = "identity"
     c.model.channels = 8

@@ -1,6 +1,6 @@
 """minet-jax: MI-Net (implicit-Euler ODE network for single-image dehazing) in JAX / Flax NNX.
 
-The public names below import lazily, so that light modules (imageio, layouts, the data
+The public names below import lazily, so that light modules (image_io, layouts, the data
 pipeline's worker processes) do not pay for importing JAX and Flax.
 """
 
@@ -15,16 +15,18 @@ _EXPORTS = {
     "dehaze": "minet_jax.inference",
     "load_pretrained": "minet_jax.checkpoint",
     "save_model": "minet_jax.checkpoint",
+    "model_config": "minet_jax.config",
+    "train_config": "minet_jax.config",
+    "load_config": "minet_jax.config",
 }
-__all__ = ["MINet", "count_params", "dehaze", "load_pretrained", "model_config", "save_model"]
-
-# Eager (and light): the submodule shares the function's name, and a lazy attribute would be
-# shadowed by the submodule once anything imports `minet_jax.model_config`.
-from minet_jax.model_config import model_config as model_config  # noqa: E402
+__all__ = ["MINet", "count_params", "dehaze", "load_config", "load_pretrained", "model_config", "save_model", "train_config"]
 
 if TYPE_CHECKING:
     from minet_jax.checkpoint import load_pretrained as load_pretrained
     from minet_jax.checkpoint import save_model as save_model
+    from minet_jax.config import load_config as load_config
+    from minet_jax.config import model_config as model_config
+    from minet_jax.config import train_config as train_config
     from minet_jax.inference import dehaze as dehaze
     from minet_jax.model import MINet as MINet
     from minet_jax.model import count_params as count_params

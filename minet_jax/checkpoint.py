@@ -1,15 +1,17 @@
-"""Model checkpoints in orbax: parameters plus the model configuration that built them.
+"""The checkpoint format, in one place: what a checkpoint holds, saving, loading, resuming.
 
 A model checkpoint is an orbax composite directory with two items, `params` (the NNX parameter
-state as a pure dict) and `model_config` (JSON). Training checkpoints (one step directory of an
-orbax CheckpointManager) hold the same two items beside others, so both load here.
+state as a pure dict) and `model_config` (JSON). A training checkpoint is one step directory of
+an orbax CheckpointManager (`WORKDIR/checkpoints/STEP`) holding those two items and
+`train_state` (optimiser state and step) and `meta` (step, seed, data position, validation
+metrics), so both kinds load as models here. `load_pretrained` also reads the authors' `.pth`
+(through torch_pickle, no pickled code run, and convert's name map).
 """
 
 from __future__ import annotations
 
-import ast
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,12 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from minet_jax.config import OBSOLETE_MODEL_KEYS, model_config, model_config_from, with_overrides
+from minet_jax.convert import torch_to_flat_params
 from minet_jax.model import MINet
-from minet_jax.model_config import model_config
+from minet_jax.torch_pickle import load_torch_file
 
 
 def params_of(model: MINet) -> dict:
@@ -33,48 +38,10 @@ def config_dict(model: MINet) -> dict:
     return json.loads(model.config.to_json())
 
 
-def build_model(cfg: dict | ml_collections.ConfigDict, seed: int = 0) -> MINet:
+def build_model(cfg: Mapping | ml_collections.ConfigDict, seed: int = 0) -> MINet:
     """A fresh model from a (possibly partial) configuration, defaults from its variant."""
     cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-    full = model_config(cfg.get("variant", "official"))
-    full.update(_tuples(cfg))
-    return MINet(full, rngs=nnx.Rngs(seed))
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`KEY=VALUE` settings for `with_overrides` (VALUE as JSON, else a Python literal such as
-    `True` or `(1, 2)`, else a string); `solver.tol=1e-3` nests as {"solver": {"tol": 0.001}}."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            try:
-                value = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                value = raw
-        head, _, sub = key.partition(".")
-        if sub:
-            out.setdefault(head, {})[sub] = value
-        else:
-            out[key] = value
-    return out
-
-
-def with_overrides(cfg: dict | ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
-    """A copy of `cfg` with `overrides` applied (nested dicts merge, e.g. solver={"forward": ...})."""
-    cfg = ml_collections.ConfigDict(cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else _tuples(cfg))
-    for key, value in overrides.items():
-        if key not in cfg:
-            raise ValueError(f"unknown setting {key!r}; known: {', '.join(sorted(cfg))}")
-        if isinstance(value, dict):
-            cfg[key].update(value)
-        else:
-            cfg[key] = tuple(value) if isinstance(value, list) else value
-    return cfg
+    return MINet(model_config_from(cfg), rngs=nnx.Rngs(seed))
 
 
 def abstract_model(cfg: dict | ml_collections.ConfigDict) -> MINet:
@@ -99,11 +66,6 @@ def model_from_flat_params(cfg, flat: dict[str, np.ndarray], source: str) -> MIN
             raise ValueError(f"{source}: {path} has shape {flat[path].shape}, expected {tuple(var.shape)}")
         var.set_value(jax.numpy.asarray(flat[path], var.dtype))
     return nnx.merge(graphdef, state)
-
-
-def _tuples(d: dict) -> dict:
-    # JSON turns tuples into lists; ConfigDict refuses list -> tuple type changes.
-    return {k: (_tuples(v) if isinstance(v, dict) else tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
 
 
 def save_model(model: MINet, path: str | Path) -> Path:
@@ -131,7 +93,7 @@ def _step_dir(path: Path) -> Path:
         return steps[-1][1]
     raise ValueError(
         f"{path} is not a minet-jax checkpoint: expected a 'params' item (or numbered step "
-        "directories holding one); write one with `python -m minet_jax.convert` or train.py"
+        "directories holding one); write one with `python -m minet_jax.tools.convert` or train.py"
     )
 
 
@@ -142,7 +104,7 @@ def load_checkpoint_model(path: str | Path, **overrides) -> MINet:
         raise ValueError(f"{path} has no model_config item; cannot tell which network it holds")
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         cfg = ckptr.restore(path, args=ocp.args.Composite(model_config=ocp.args.JsonRestore()))
-        graphdef, state = nnx.split(abstract_model(with_overrides(cfg["model_config"], overrides)))
+        graphdef, state = nnx.split(abstract_model(with_overrides(model_config_from(cfg["model_config"]), overrides)))
         # Explicit single-device shardings: a checkpoint written from 8 GPUs loads on one CPU.
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(state))
@@ -160,7 +122,101 @@ def load_pretrained(path: str | Path, **overrides) -> MINet:
     if not p.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if p.is_file():
-        from minet_jax.convert import load_torch_weights  # noqa: PLC0415
-
         return load_torch_weights(p, **overrides)
     return load_checkpoint_model(p, **overrides)
+
+
+def load_torch_weights(path: str | Path, **overrides) -> MINet:
+    """The official MI-Net holding the weights of a PyTorch `.pth` file; `overrides` change
+    settings that hold no parameters (e.g. dtype="bfloat16", T=12, solver={"forward": ...})."""
+    flat = torch_to_flat_params(load_torch_file(path))
+    return model_from_flat_params(with_overrides(model_config("official"), overrides), flat, source=str(path))
+
+
+# --- training checkpoints ---
+
+TRAIN_ITEMS = ("params", "train_state", "model_config", "meta")
+# How a layer is computed, not what it computes: free to differ between a checkpoint and its resume.
+IMPLEMENTATION_KEYS = ("share_sep_impl",)
+
+
+class ConfigMismatch(ValueError):
+    """A training checkpoint was made for another model config or seed (the message lists how)."""
+
+
+def checkpoint_manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
+    """The manager of `WORKDIR/checkpoints`: keeps the last `keep` steps and the best by `val_psnr`."""
+    policy = pp.AnyPreservationPolicy(
+        [
+            pp.LatestN(keep),
+            pp.BestN(get_metric_fn=lambda m: m["val_psnr"], reverse=False, n=1, keep_checkpoints_without_metrics=False),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
+    return ocp.CheckpointManager(Path(workdir) / "checkpoints", options=options, item_names=TRAIN_ITEMS)
+
+
+def config_diff(saved: Mapping, current: Mapping, prefix: str = "") -> list[str]:
+    """`key: checkpoint A, config B` for every model setting that differs (implementation keys and
+    settings this version no longer has are ignored)."""
+    ignored = set(IMPLEMENTATION_KEYS) | set(OBSOLETE_MODEL_KEYS) if not prefix else set()
+    diffs = []
+    for key in sorted((set(saved) | set(current)) - ignored):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_diff(a, b, f"{prefix}{key}.")
+        elif json.dumps(a) != json.dumps(b):
+            diffs.append(f"{prefix}{key}: checkpoint {a!r}, config {b!r}")
+    return diffs
+
+
+def save_train_state(mngr: ocp.CheckpointManager, state: Any, cfg: ml_collections.ConfigDict, val: dict | None) -> None:
+    """Save a training state (`training.TrainState`) at its step, with `val` as the step's metrics."""
+    step = int(state.step)
+    mngr.save(
+        step,
+        args=ocp.args.Composite(
+            params=ocp.args.StandardSave(nnx.to_pure_dict(state.params)),
+            train_state=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step}),
+            model_config=ocp.args.JsonSave(json.loads(cfg.model.to_json())),
+            meta=ocp.args.JsonSave({"step": step, "seed": cfg.seed, "data_position": step, "val": val}),
+        ),
+        metrics={"val_psnr": val["val_psnr"]} if val else None,
+    )
+
+
+def restore_train_state(mngr: ocp.CheckpointManager, state: Any, cfg: ml_collections.ConfigDict) -> Any:
+    """`state` (a freshly initialised `training.TrainState`) with the newest checkpoint's
+    parameters, optimiser state and step; `ConfigMismatch` for one made for another model or seed."""
+    step = mngr.latest_step()
+    saved = mngr.restore(step, args=ocp.args.Composite(model_config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+    diffs = config_diff(saved["model_config"], json.loads(cfg.model.to_json()))
+    if diffs:
+        raise ConfigMismatch(
+            f"checkpoint {mngr.directory / str(step)} was made for another model config:\n  " + "\n  ".join(diffs)
+        )
+    if saved["meta"]["seed"] != cfg.seed:
+        raise ConfigMismatch(f"checkpoint at step {step} used seed {saved['meta']['seed']}, config says {cfg.seed}")
+    target_params = jax.tree.map(np.asarray, nnx.to_pure_dict(state.params))
+    target_ts = jax.tree.map(np.asarray, {"opt_state": state.opt_state, "step": state.step})
+    out = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(target_params), train_state=ocp.args.StandardRestore(target_ts)
+        ),
+    )
+    params = state.params
+    nnx.replace_by_pure_dict(params, out["params"])
+    opt_state = jax.tree.map(lambda t, v: jax.numpy.asarray(v, t.dtype), state.opt_state, out["train_state"]["opt_state"])
+    return state._replace(step=jax.numpy.asarray(out["train_state"]["step"]), params=params, opt_state=opt_state)
+
+
+def best_saved(mngr: ocp.CheckpointManager) -> tuple[int | None, float | None]:
+    """(step, validation PSNR) of the best kept checkpoint, from their `meta` items."""
+    best = (None, None)
+    for step in mngr.all_steps():
+        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        val = meta.get("val")
+        if val and (best[1] is None or val["val_psnr"] > best[1]):
+            best = (step, val["val_psnr"])
+    return best

@@ -1,21 +1,15 @@
-"""Convert the authors' PyTorch weights to this port's parameters, and to an orbax checkpoint.
+"""The map from the authors' PyTorch parameter names and layouts to this port's parameters.
 
-    python -m minet_jax.convert WEIGHTS.pth OUT_DIR
-
-The `.pth` is read by `torch_pickle` (no PyTorch, no pickled code run).
+Pure data: names in, {flax dotted path: array} out. `checkpoint.load_torch_weights` reads the
+`.pth` (through torch_pickle) and applies it; `python -m minet_jax.tools.convert` writes an orbax
+checkpoint from it.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
-
-from minet_jax.model import MINet
-from minet_jax.model_config import model_config
 
 # Buffers PyTorch may store that carry no parameters of this network.
 _IGNORED = re.compile(r".*\.(running_mean|running_var|num_batches_tracked)$")
@@ -43,7 +37,8 @@ def _target(name: str) -> tuple[str, str]:
     return f"{module}.kernel", "conv"
 
 
-def _relayout(w: np.ndarray, kind: str) -> np.ndarray:
+def relayout(w: np.ndarray, kind: str) -> np.ndarray:
+    """A PyTorch weight in this port's layout: `kind` is "conv", "transposed_conv", "sharesep" or "copy"."""
     if kind == "conv":  # (out, in, kh, kw) -> (kh, kw, in, out)
         return w.transpose(2, 3, 1, 0)
     if kind == "transposed_conv":  # (in, out, kh, kw) -> flipped (kh, kw, in, out)
@@ -60,34 +55,5 @@ def torch_to_flat_params(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndar
         if _IGNORED.match(name):
             continue
         path, kind = _target(name)
-        out[path] = np.ascontiguousarray(_relayout(np.asarray(w, np.float32), kind))
+        out[path] = np.ascontiguousarray(relayout(np.asarray(w, np.float32), kind))
     return out
-
-
-def load_torch_weights(path: str | Path, **overrides) -> MINet:
-    """The official MI-Net holding the weights of a PyTorch `.pth` file; `overrides` change
-    settings that hold no parameters (e.g. dtype="bfloat16", T=12, solver={"forward": ...})."""
-    from minet_jax.checkpoint import model_from_flat_params, with_overrides  # noqa: PLC0415
-    from minet_jax.torch_pickle import load_torch_file  # noqa: PLC0415
-
-    flat = torch_to_flat_params(load_torch_file(path))
-    return model_from_flat_params(with_overrides(model_config("official"), overrides), flat, source=str(path))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("weights", help="the authors' .pth file (legacy or zip format)")
-    parser.add_argument("out_dir", help="orbax checkpoint directory to write (must not exist)")
-    args = parser.parse_args(argv)
-    from minet_jax.checkpoint import save_model  # noqa: PLC0415 (keeps `--help` fast)
-
-    if not Path(args.weights).is_file():
-        parser.error(f"weights file not found: {args.weights}")
-    model = load_torch_weights(args.weights)
-    out = save_model(model, args.out_dir)
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

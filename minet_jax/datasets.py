@@ -56,8 +56,8 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
-from minet_jax.imageio import read_rgb
-from minet_jax.layouts import IMAGE_EXTENSIONS, LayoutError, Pair, find_pairs
+from minet_jax.image_io import read_rgb
+from minet_jax.layouts import IMAGE_EXTENSIONS, LayoutError, Pair, find_pairs, listing, subfolder
 
 __all__ = [
     "BUILDERS",
@@ -72,7 +72,7 @@ __all__ = [
 SPLIT_DIRS = {"train": ("train",), "validation": ("val", "valid", "validation"), "test": ("test",)}
 SOTS_MAX_BORDER = 20  # pixels: 640x480 ground truth for 620x460 hazy
 DEFAULT_MAX_HASH_DISTANCE = 24  # of 255 bits; unrelated photos differ in ~100+
-_LISTED = 10
+_LISTED = 10  # names listed in a warning before "(and N more)"
 
 
 class PairError(ValueError):
@@ -161,21 +161,9 @@ def _shared_scenes(images: Sequence[Path], others: Sequence[Path], max_distance:
 # Folders and pair checks
 
 
-def _listing(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:_LISTED])
-    return shown + (f" (and {len(items) - _LISTED} more)" if len(items) > _LISTED else "")
-
-
-def _subdir(root: Path, names: Sequence[str]) -> Path | None:
-    hits = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in names]
-    if len(hits) > 1:
-        raise LayoutError(f"{root}: several folders for one split: {', '.join(p.name for p in hits)}")
-    return hits[0] if hits else None
-
-
 def split_folders(root: Path, default_split: str) -> dict[str, Path]:
     """``{split: folder}``: the train/val/test subfolders of `root`, or ``{default_split: root}``."""
-    found = {split: d for split, names in SPLIT_DIRS.items() if (d := _subdir(root, names)) is not None}
+    found = {split: d for split, names in SPLIT_DIRS.items() if (d := subfolder(root, names)) is not None}
     return found or {default_split: root}
 
 
@@ -290,7 +278,7 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     @classmethod
     def data_root(cls, manual_dir: Path) -> Path:
-        if cls.SUBFOLDER and (sub := _subdir(manual_dir, (cls.SUBFOLDER,))) is not None:
+        if cls.SUBFOLDER and (sub := subfolder(manual_dir, (cls.SUBFOLDER,))) is not None:
             return sub
         return manual_dir
 
@@ -349,7 +337,7 @@ class ResideIts(_FolderBuilder):
             return pairs
         warnings.warn(
             f"reside_its: leaving out {len(shared)} ITS scene(s) that SOTS ({sots_root}) also holds: "
-            + _listing([f"{p.name} (~ {q.name})" for p, q in shared.items()]),
+            + listing([f"{p.name} (~ {q.name})" for p, q in shared.items()], _LISTED),
             OverlapWarning,
             stacklevel=2,
         )

@@ -11,12 +11,12 @@ so batch ``k`` holds elements ``k*B .. k*B+B-1`` of that infinite sequence, and 
 uninterrupted run would have seen, with or without worker processes (grain hands batch ``k`` to
 worker ``k mod workers`` and returns them in order).
 
-grain and TFDS are imported lazily, so `data_config` stays cheap to import.
+grain and TFDS are imported lazily, so this module stays cheap to import. The fields of
+`config.data` are in `minet_jax.config.data_config`.
 """
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -24,41 +24,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from minet_jax.imageio import ImageReadError
+from minet_jax.image_io import decode_rgb
 
-__all__ = ["data_config", "decode_rgb", "train_dataset", "train_iterator", "val_images"]
-
-
-def data_config() -> ml_collections.ConfigDict:
-    """The ``config.data`` fields, with defaults."""
-    c = ml_collections.ConfigDict()
-    # synthetic | reside_its | reside_ots | sots_indoor | sots_outdoor | paired
-    c.name = "synthetic"
-    # The images' folder. For "synthetic": where the embedded set is written ("" = <cache>/synthetic).
-    c.manual_dir = ""
-    c.data_dir = ""  # TFDS data dir ("" = <cache>/tfds; <cache> = $XDG_CACHE_HOME/minet_jax or ~/.cache/minet_jax)
-    c.sots_dir = ""  # SOTS indoor folder: ITS scenes it shares are left out of reside_its
-    c.crop_size = 64  # random square crops; 0 = whole images (a batch's images must then share a size)
-    c.flip = True  # random horizontal flips
-    c.workers = 0  # 0 = decode in this process (2 threads); > 0 = grain worker processes
-    c.val_name = ""  # "" = the training data set
-    c.val_manual_dir = ""  # "" = manual_dir for the same data set, else sots_dir for sots_* sets
-    c.val_split = ""  # "" = "validation", else "test"
-    c.val_limit = 0  # at most this many validation images, evenly spread (0 = all)
-    return c
-
-
-def decode_rgb(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes to ``HxWx3`` uint8 RGB, exactly as `imageio.read_rgb` reads files."""
-    from minet_jax import imageio
-
-    try:
-        # Pillow re-seeks a file object on open, so read_rgb's two-pass 16-bit decoding works on bytes
-        return imageio._read(io.BytesIO(data))
-    except MemoryError:
-        raise
-    except Exception as e:
-        raise ImageReadError(name, f"decoding it failed ({type(e).__name__}: {e})") from e
+__all__ = ["train_dataset", "train_iterator", "val_images"]
 
 
 def _builder(name: str, manual_dir: str, cfg: ml_collections.ConfigDict):

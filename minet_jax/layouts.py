@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["IMAGE_EXTENSIONS", "LayoutError", "Pair", "find_pairs", "natural_key"]
+__all__ = ["IMAGE_EXTENSIONS", "LayoutError", "Pair", "find_pairs", "listing", "natural_key", "subfolder"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 HAZY_DIR_NAMES = ("hazy",)
@@ -55,11 +56,12 @@ def _images(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if _is_image(p)), key=lambda p: natural_key(p.name))
 
 
-def _subdir(root: Path, names: tuple[str, ...]) -> Path | None:
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.lower() in names]
+def subfolder(root: Path, names: Sequence[str]) -> Path | None:
+    """The one folder of `root` whose lower-cased name is in `names` (None if none; LayoutError
+    naming them if several, e.g. both `gt/` and `GT/`)."""
+    found = sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in names)
     if len(found) > 1:
-        names = ", ".join(sorted(p.name for p in found))
-        raise LayoutError(f"{root}: several candidate folders, cannot choose: {names}")
+        raise LayoutError(f"{root}: several candidate folders, cannot choose: {', '.join(p.name for p in found)}")
     return found[0] if found else None
 
 
@@ -72,9 +74,10 @@ def _by_stem(paths: list[Path], folder: Path) -> dict[str, Path]:
     return out
 
 
-def _listing(names: list[str]) -> str:
-    shown = ", ".join(names[:_MAX_LISTED])
-    return shown + (f" (and {len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
+def listing(names: Sequence[str], limit: int = _MAX_LISTED) -> str:
+    """The first `limit` names, comma-separated, and how many more there are."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
 
 
 def find_pairs(root: str | os.PathLike[str]) -> list[Pair]:
@@ -89,8 +92,8 @@ def find_pairs(root: str | os.PathLike[str]) -> list[Pair]:
     if not root.is_dir():
         raise LayoutError(f"{root}: no such file or folder")
 
-    hazy_dir = _subdir(root, HAZY_DIR_NAMES) or root
-    clear_dir = _subdir(root, CLEAR_DIR_NAMES)
+    hazy_dir = subfolder(root, HAZY_DIR_NAMES) or root
+    clear_dir = subfolder(root, CLEAR_DIR_NAMES)
     hazy = _images(hazy_dir)
     if not hazy:
         raise LayoutError(
@@ -112,6 +115,6 @@ def find_pairs(root: str | os.PathLike[str]) -> list[Pair]:
     if missing:
         raise LayoutError(
             f"{root}: {len(missing)} hazy image(s) in {hazy_dir} have no clear partner in {clear_dir} "
-            f"(same name, or the part before the first underscore): {_listing(missing)}"
+            f"(same name, or the part before the first underscore): {listing(missing)}"
         )
     return pairs

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from minet_jax.imageio import to_uint8, write_png
+from minet_jax.image_io import to_uint8, write_png
 
 
 class MetricLog:

@@ -14,7 +14,7 @@ import ml_collections
 from flax import nnx
 
 from minet_jax import conv, global_stats, solvers
-from minet_jax.model_config import model_config
+from minet_jax.config import model_config
 
 Array = jax.Array
 
@@ -32,18 +32,8 @@ def _precision(cfg: ml_collections.ConfigDict):
     return jax.lax.Precision[cfg.precision.upper()] if cfg.precision else None
 
 
-def _conv_fn(cfg: ml_collections.ConfigDict):
-    impl = cfg.get("conv_impl", "xla")
-    if impl == "auto":
-        impl = "im2col" if jax.default_backend() == "cpu" else "xla"
-    if impl == "im2col":
-        return conv.conv_general_dilated
-    if impl == "xla":
-        return jax.lax.conv_general_dilated
-    raise ValueError(f"model.conv_impl must be 'xla', 'im2col' or 'auto', got {impl!r}")
-
-
-def _share_sep_impl(cfg: ml_collections.ConfigDict) -> str:
+def share_sep_impl(cfg: ml_collections.ConfigDict) -> str:
+    """`cfg.share_sep_impl` with "auto" resolved for the current backend."""
     impl = cfg.get("share_sep_impl", "auto")
     if impl == "auto":
         # XLA's CPU depthwise convolution is ~20x slower than the shifted sum (conv.py); on GPU
@@ -57,7 +47,7 @@ def _conv(cfg, cin, cout, k, *, stride=1, dilation=1, bias=False, groups=1, init
     return nnx.Conv(
         cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)),
         kernel_dilation=dilation, use_bias=bias, feature_group_count=groups, kernel_init=init,
-        dtype=_dtype(cfg), precision=_precision(cfg), conv_general_dilated=_conv_fn(cfg), rngs=rngs,
+        dtype=_dtype(cfg), precision=_precision(cfg), rngs=rngs,
     )  # fmt: skip
 
 
@@ -114,7 +104,7 @@ class IMField(nnx.Module):
 
     def __init__(self, cfg, c: int, dilation: int, *, rngs: nnx.Rngs):
         smooth = cfg.smooth_dilated and dilation > 1
-        impl = _share_sep_impl(cfg)
+        impl = share_sep_impl(cfg)
         self.pre_conv1 = ShareSepConv(2 * dilation - 1, impl) if smooth else None
         self.conv1 = _conv(cfg, c, c, 3, dilation=dilation, rngs=rngs)
         self.norm1 = _norm(c, rngs)
@@ -149,25 +139,20 @@ class IMBlock(nnx.Module):
         self.eta = float(cfg.eta)
         self.solver = ml_collections.FrozenConfigDict(cfg.solver)
 
-    def __call__(self, g0: Array, probe: Array | None = None) -> tuple[Array, solvers.SolverStats]:
-        """`probe`: optional (2,) zeros whose gradient reports the backward solve (solvers.py)."""
+    def __call__(self, g0: Array, stats_slot: Array | None = None) -> tuple[Array, solvers.SolverStats]:
+        """`stats_slot`: optional (2,) zeros whose gradient reports the backward solve (solvers.py)."""
         graphdef, params = nnx.split(self.f)
+        f = field_fn(graphdef)
         if global_stats.active():
-            # Recording or replaying statistics: the scan would trace f once for all T steps, but
-            # each step's norms are separate statistics, so the steps are written out here.
+            # Recording or replaying statistics: each step's norms are statistics of their own, so
+            # every step must be traced (a scan traces f once for all T).
             if self.solver.forward != "unrolled":
                 raise ValueError(
                     "whole-image statistics for tiling need model.solver.forward='unrolled', "
                     f"got {self.solver.forward!r}"
                 )
-            f, g, residuals = field_fn(graphdef), g0, []
-            for _ in range(self.T):
-                g_next = g0 + self.eta * f(params, g)
-                residuals.append(solvers.relative_residual(g_next, g))
-                g = g_next
-            residuals = jnp.stack(residuals)
-            return g, solvers.SolverStats(jnp.asarray(self.T, jnp.int32), residuals[-1], residuals)
-        return solvers.solve(field_fn(graphdef), params, g0, T=self.T, eta=self.eta, cfg=self.solver, probe=probe)
+            return solvers.unrolled(f, params, g0, T=self.T, eta=self.eta, trace_each_step=True)
+        return solvers.solve(f, params, g0, T=self.T, eta=self.eta, cfg=self.solver, stats_slot=stats_slot)
 
 
 class ImageAttention(nnx.Module):
@@ -256,11 +241,11 @@ class MINet(nnx.Module):
             self.attention.l3_b[...] = jnp.full((1,), -10.0, jnp.float32)
 
     def __call__(
-        self, x: Array, *, with_aux: bool = False, probes: Array | None = None
+        self, x: Array, *, with_aux: bool = False, stats_slots: Array | None = None
     ) -> Array | tuple[Array, dict[str, Any]]:
         """Network output for NHWC `x` of any height and width (odd sizes are edge-padded to even
         and cropped back). With `with_aux`, also per-block solver statistics and block inputs.
-        `probes`: optional (3, 2) zeros; their gradient row i is block i's backward
+        `stats_slots`: optional (3, 2) zeros; their gradient row i is block i's backward
         [iterations, residual] (see solvers.py)."""
         h, w = x.shape[1], x.shape[2]
         if h % 2 or w % 2:
@@ -274,7 +259,7 @@ class MINet(nnx.Module):
         block_inputs, outs, stats = [], [], []
         for i, block in enumerate(self.blocks):
             block_inputs.append(y)
-            y, s = block(y, None if probes is None else probes[i])
+            y, s = block(y, None if stats_slots is None else stats_slots[i])
             outs.append(y)
             stats.append(s)
         gates = self.gate(jnp.concatenate(outs, axis=-1))

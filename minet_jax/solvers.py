@@ -19,18 +19,18 @@ Backward modes (`cfg.backward`), independent of the forward:
 - `phantom`: backprop through `phantom_steps` extra steps restarted at stop_gradient(g*); the
   returned value is the result of those steps (so the forward value moves slightly, as in torchdeq).
 
-Probe protocol (backward statistics). `solve(..., probe=p)` takes an optional float array `p` of
-shape (2,), normally zeros, as an extra differentiable input. The output does not depend on it,
-but its cotangent (the gradient of the loss with respect to `p`) is
+Backward statistics through a stats slot. `solve(..., stats_slot=p)` takes an optional float
+array `p` of shape (2,), normally zeros, as an extra differentiable input. The output does not
+depend on it, but its cotangent (the gradient of the loss with respect to `p`) is
 
 - implicit backward: `[adjoint iterations, final adjoint relative residual]`, where the residual is
   ||v - (I - eta J^T) u|| / ||v|| (for gmres, iterations counts whole restart cycles of
   min(backward_max_iter, 20) Krylov steps, an upper bound: jax's gmres does not report its count);
 - unrolled and phantom backward: `[steps backpropagated, 0]`.
 
-So a training step that also differentiates with respect to the probes reads the backward
-statistics from their gradients. Under `vmap`, batch the probe too (in_axes=0) to get
-per-example values (an unbatched probe gets the sum over examples of the data-dependent ones).
+So a training step that also differentiates with respect to the slots reads the backward
+statistics from their gradients. Under `vmap`, batch the slot too (in_axes=0) to get
+per-example values (an unbatched slot gets the sum over examples of the data-dependent ones).
 An adjoint solve that does not reach `backward_tol` also emits a `RuntimeWarning` (through
 `jax.debug.callback`) naming the residual.
 """
@@ -93,15 +93,36 @@ def resolve_unroll(unroll: int | bool | str, T: int) -> int | bool:
 
 
 def unrolled(
-    f: F, params: Any, g0: Array, *, T: int, eta: float = 1.0, unroll: int | bool | str = 1
+    f: F,
+    params: Any,
+    g0: Array,
+    *,
+    T: int,
+    eta: float = 1.0,
+    unroll: int | bool | str = 1,
+    start: Array | None = None,
+    trace_each_step: bool = False,
 ) -> tuple[Array, SolverStats]:
-    """Exactly T steps of g <- g0 + eta f(g) from g = g0, in a `lax.scan` (the paper's IM-block)."""
+    """Exactly T steps of g <- g0 + eta f(g) from g = `start` (default g0): the paper's IM-block.
+
+    The steps run in a `lax.scan`, which traces f once for all of them. `trace_each_step` writes
+    them out as a Python loop instead, for code that must see every step's trace (the recorded
+    and replayed whole-image statistics of global_stats.py, one set per step).
+    """
 
     def step(g, _):
         g_next = g0 + eta * f(params, g)
         return g_next, relative_residual(g_next, g)
 
-    g, residuals = jax.lax.scan(step, g0, None, length=T, unroll=resolve_unroll(unroll, T))
+    g = g0 if start is None else start
+    if trace_each_step:
+        residuals = []
+        for _ in range(T):
+            g, r = step(g, None)
+            residuals.append(r)
+        residuals = jnp.stack(residuals)
+    else:
+        g, residuals = jax.lax.scan(step, g, None, length=T, unroll=resolve_unroll(unroll, T))
     stats = SolverStats(jnp.asarray(T, jnp.int32), residuals[-1], residuals)
     return g, stats
 
@@ -324,12 +345,12 @@ def _forward(f: F, params: Any, g0: Array, s: _Spec, *, differentiable: bool) ->
 
 
 @jax.custom_vjp
-def _report(g: Array, probe: Array, value: Array) -> Array:
-    """Identity on g whose backward hands `value` to the probe as its cotangent."""
+def _report(g: Array, slot: Array, value: Array) -> Array:
+    """Identity on g whose backward hands `value` to the stats slot as its cotangent."""
     return g
 
 
-def _report_fwd(g, probe, value):
+def _report_fwd(g, slot, value):
     return g, value
 
 
@@ -340,11 +361,11 @@ def _report_bwd(value, ct):
 _report.defvjp(_report_fwd, _report_bwd)
 
 
-def _tag(g: Array, probe: Array | None, steps: Array) -> Array:
-    if probe is None:
+def _tag(g: Array, slot: Array | None, steps: Array) -> Array:
+    if slot is None:
         return g
-    value = jnp.stack([jnp.asarray(steps, probe.dtype), jnp.zeros((), probe.dtype)])
-    return _report(g, probe, jax.lax.stop_gradient(value))
+    value = jnp.stack([jnp.asarray(steps, slot.dtype), jnp.zeros((), slot.dtype)])
+    return _report(g, slot, jax.lax.stop_gradient(value))
 
 
 def solve_adjoint(
@@ -417,17 +438,17 @@ def _warn_unconverged(iterations, residual, *, tol: float, solver: str) -> None:
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _implicit(f: F, s: _Spec, params: Any, g0: Array, probe: Array) -> tuple[Array, SolverStats]:
+def _implicit(f: F, s: _Spec, params: Any, g0: Array, slot: Array) -> tuple[Array, SolverStats]:
     return _forward(f, params, g0, s, differentiable=False)
 
 
-def _implicit_fwd(f, s, params, g0, probe):
+def _implicit_fwd(f, s, params, g0, slot):
     g, stats = _forward(f, params, g0, s, differentiable=False)
-    return (g, stats), (params, g, jnp.zeros_like(probe))
+    return (g, stats), (params, g, jnp.zeros_like(slot))
 
 
 def _implicit_bwd(f, s, res, ct):
-    params, g, probe_zeros = res
+    params, g, slot_zeros = res
     v = ct[0]  # the stats' cotangents are ignored: they are not differentiable quantities
     _, vjp = jax.vjp(f, params, g)
     u, iterations, residual = solve_adjoint(
@@ -437,44 +458,36 @@ def _implicit_bwd(f, s, res, ct):
     warn = partial(_warn_unconverged, tol=s.backward_tol, solver=s.backward_solver)
     jax.debug.callback(warn, iterations, residual)
     params_bar = vjp(s.eta * u)[0]
-    stats = jnp.stack([iterations, residual]).astype(probe_zeros.dtype)
-    probe_bar = probe_zeros + stats
-    return params_bar, u.astype(g.dtype), probe_bar
+    stats = jnp.stack([iterations, residual]).astype(slot_zeros.dtype)
+    return params_bar, u.astype(g.dtype), slot_zeros + stats
 
 
 _implicit.defvjp(_implicit_fwd, _implicit_bwd)
 
 
-def _phantom(f: F, params: Any, g0: Array, s: _Spec, probe: Array | None) -> tuple[Array, SolverStats]:
+def _phantom(f: F, params: Any, g0: Array, s: _Spec, slot: Array | None) -> tuple[Array, SolverStats]:
     sg = jax.lax.stop_gradient
     g_star, stats = _forward(f, sg(params), sg(g0), s, differentiable=False)
     k = s.phantom_steps
-
-    def step(g, _):
-        return g0 + s.eta * f(params, g), None
-
-    g, _ = jax.lax.scan(step, sg(g_star), None, length=k, unroll=resolve_unroll(s.unroll, k))
-    return _tag(g, probe, jnp.asarray(k)), stats
+    g, _ = unrolled(f, params, g0, T=k, eta=s.eta, unroll=s.unroll, start=sg(g_star))
+    return _tag(g, slot, jnp.asarray(k)), stats
 
 
 def solve(
-    f: F, params: Any, g0: Array, *, T: int, eta: float, cfg: Any, probe: Array | None = None
+    f: F, params: Any, g0: Array, *, T: int, eta: float, cfg: Any, stats_slot: Array | None = None
 ) -> tuple[Array, SolverStats]:
-    """Solve g = g0 + eta f(params, g) as `cfg` (a `model_config.solver_config()`) says.
+    """Solve g = g0 + eta f(params, g) as `cfg` (a `config.solver_config()`) says.
 
     `cfg.forward` picks the forward solver (T is used by `unrolled` only; the others use tol and
-    max_iter), `cfg.backward` the gradient. `probe` (shape (2,)) receives the backward statistics
-    as its cotangent; see the module docstring. The stats are those of the forward solve (for
-    `phantom`, without the extra steps).
+    max_iter), `cfg.backward` the gradient. `stats_slot` (shape (2,)) receives the backward
+    statistics as its cotangent; see the module docstring. The stats are those of the forward
+    solve (for `phantom`, without the extra steps).
     """
     s = _spec(cfg, T, eta)
     if s.backward == "unrolled":
-        if s.forward == "unrolled":
-            g, stats = unrolled(f, params, g0, T=T, eta=eta, unroll=cfg.unroll)
-        else:
-            g, stats = _forward(f, params, g0, s, differentiable=True)
-        return _tag(g, probe, stats.iterations), stats
+        g, stats = _forward(f, params, g0, s, differentiable=True)
+        return _tag(g, stats_slot, stats.iterations), stats
     if s.backward == "implicit":
-        probe = jnp.zeros((2,), jnp.float32) if probe is None else probe
-        return _implicit(f, s, params, g0, probe)
-    return _phantom(f, params, g0, s, probe)
+        slot = jnp.zeros((2,), jnp.float32) if stats_slot is None else stats_slot
+        return _implicit(f, s, params, g0, slot)
+    return _phantom(f, params, g0, s, stats_slot)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from minet_jax.imageio import to_uint8
+from minet_jax.image_io import to_uint8
 
 __all__ = ["GENERATOR_VERSION", "MARKER", "TRAIN_PHOTOS", "VAL_PHOTOS", "is_complete", "make_synthetic_haze"]
 

@@ -16,8 +16,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from minet_jax.imageio import to_uint8
+from minet_jax.image_io import to_uint8
 from minet_jax.inference import from_network, to_network
+from minet_jax.jacobian import block_fields, jacobian_penalty, spectral_radius_estimate
 from minet_jax.metrics import psnr, ssim
 from minet_jax.model import MINet
 
@@ -51,10 +52,15 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
     return adam
 
 
+def new_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+    """Step 0 at `params`, with a fresh optimiser state."""
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.ones((), bool))
+
+
 def init_state(model: MINet, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
+    """(graphdef, step-0 state) of `model`: the parameters split out of the module graph."""
     graphdef, params = nnx.split(model, nnx.Param)
-    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.ones((), bool))
-    return graphdef, state
+    return graphdef, new_state(params, tx)
 
 
 def loss_value(kind: str, out: jax.Array, clear: jax.Array) -> jax.Array:
@@ -74,21 +80,19 @@ def batch_psnr(out: jax.Array, clear: jax.Array) -> jax.Array:
     return jnp.mean(-10.0 * jnp.log10(jnp.maximum(mse, 1e-12)))
 
 
-def _forward(graphdef, params, hazy, probes=None):
+def _forward(graphdef, params, hazy, stats_slots=None):
     model = nnx.merge(graphdef, params)
     fmt = model.config.input_format
-    y, aux = model(to_network(hazy, fmt), with_aux=True, probes=probes)
+    y, aux = model(to_network(hazy, fmt), with_aux=True, stats_slots=stats_slots)
     return from_network(y, fmt), aux
 
 
 def _stability_penalty(graphdef, params, block_outputs, key, cfg) -> jax.Array:
     """Sum over IM-blocks of a Jacobian regulariser of f at the block's output iterate."""
-    from minet_jax.stability import block_fields, jacobian_penalty  # noqa: PLC0415
-
     fields = block_fields(nnx.merge(graphdef, params))
     keys = jax.random.split(key, len(fields))
     return sum(
-        jacobian_penalty(f, p, g, k, kind=cfg.kind, eta=eta, num_probes=cfg.num_probes, margin=cfg.margin)
+        jacobian_penalty(f, p, g, k, kind=cfg.kind, eta=eta, samples=cfg.samples, margin=cfg.margin)
         for (_, _, f, p, eta), g, k in zip(fields, block_outputs, keys, strict=True)
     )
 
@@ -105,8 +109,8 @@ def make_train_step(
     f (`stability.kind`: "frobenius" Hutchinson ||J||_F^2 or "radius" above `stability.margin`)."""
     weight = float(stability.weight) if stability is not None else 0.0
 
-    def loss_fn(params, probes, batch, key):
-        out, aux = _forward(graphdef, params, batch["hazy"], probes)
+    def loss_fn(params, stats_slots, batch, key):
+        out, aux = _forward(graphdef, params, batch["hazy"], stats_slots)
         value = loss_value(loss, out, batch["clear"])
         penalty = jnp.zeros((), jnp.float32)
         if weight > 0:
@@ -116,11 +120,11 @@ def make_train_step(
 
     @jax.jit
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        # The probes' gradient carries each block's backward-solve [iterations, residual].
-        probes = jnp.zeros((3, 2), jnp.float32)
+        # The stats slots' gradient carries each block's backward-solve [iterations, residual].
+        slots = jnp.zeros((3, 2), jnp.float32)
         grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
         key = jax.random.fold_in(jax.random.key(0), state.step)  # a function of the step: resumable
-        (total, (value, out, aux)), (grads, backward) = grad_fn(state.params, probes, batch, key)
+        (total, (value, out, aux)), (grads, backward) = grad_fn(state.params, slots, batch, key)
         gnorm = optax.tree.norm(grads)
         finite = jnp.isfinite(total) & jnp.isfinite(gnorm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -145,13 +149,12 @@ def make_train_step(
     return train_step
 
 
-def make_stability_probe(graphdef: nnx.GraphDef, iters: int = 20):
+def make_radius_monitor(graphdef: nnx.GraphDef, iters: int = 20):
     """The jitted `(params, hazy, step) -> {name: estimate}`: per block, a cheap Arnoldi estimate of
     the spectral radius of eta J_f at the block's output iterate (Theorem 1 asks for < 1)."""
-    from minet_jax.stability import block_fields, spectral_radius_estimate  # noqa: PLC0415
 
     @jax.jit
-    def probe(params, hazy, step):
+    def monitor(params, hazy, step):
         _, aux = _forward(graphdef, params, hazy[:1])
         fields = block_fields(nnx.merge(graphdef, params))
         key = jax.random.fold_in(jax.random.key(1), step)
@@ -162,7 +165,19 @@ def make_stability_probe(graphdef: nnx.GraphDef, iters: int = 20):
             for i, ((_, _, f, p, eta), g) in enumerate(zip(fields, aux["block_outputs"], strict=True))
         }
 
-    return probe
+    return monitor
+
+
+def radius_monitor_input(val_images: list[dict], crop_size: int) -> np.ndarray | None:
+    """The radius monitor's input: a fixed central crop (training crop size, else 128) of the
+    first validation image, so that its curve follows the parameters and not the batch.
+    None (monitor the batch instead) without validation images."""
+    if not val_images:
+        return None
+    img = val_images[0]["hazy"]
+    s = min(int(crop_size) or 128, *img.shape[:2])
+    y, x = (img.shape[0] - s) // 2, (img.shape[1] - s) // 2
+    return np.ascontiguousarray(img[None, y : y + s, x : x + s])
 
 
 def make_predict(graphdef: nnx.GraphDef):
@@ -187,3 +202,12 @@ def validate(predict, params, images: list[dict]) -> tuple[dict, list[np.ndarray
         s.append(ssim(out_u8, clear_u8))
         outs.append(out)
     return {"val_psnr": float(np.mean(p)), "val_ssim": float(np.mean(s)), "val_nonfinite": bad}, outs
+
+
+def input_quality(images: list[dict]) -> dict:
+    """The hazy inputs' own PSNR / SSIM against the clear images (what dehazing must beat)."""
+    hz = [(to_uint8(ex["hazy"]), to_uint8(ex["clear"])) for ex in images]
+    return {
+        "input_psnr": float(np.mean([psnr(a, b) for a, b in hz])),
+        "input_ssim": float(np.mean([ssim(a, b) for a, b in hz])),
+    }

@@ -1,46 +1,90 @@
-"""The im2col weight-gradient convolution against XLA's own convolution."""
-
-from __future__ import annotations
+"""The shifted-sum ShareSepConv (conv.shared_depthwise_conv) against XLA's depthwise convolution."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax import lax
+from jax.test_util import check_grads
 
-from minet_jax import MINet, model_config
-from minet_jax.conv import conv_general_dilated
+from minet_jax import MINet, conv, model_config
 
-
-@pytest.mark.parametrize(
-    "k,stride,dilation,pad",
-    [(3, 1, 1, 1), (3, 2, 1, 1), (3, 1, 4, 4), (1, 1, 1, 0), (4, 1, 1, 2)],
-)
-def test_values_and_gradients_match_lax(k, stride, dilation, pad):
-    kx, kw = jax.random.split(jax.random.key(k * 10 + stride))
-    x = jax.random.normal(kx, (2, 13, 11, 5))
-    w = jax.random.normal(kw, (k, k, 5, 7))
-    args = ((stride, stride), ((pad, pad), (pad, pad)))
-    kwargs = dict(rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-    def loss(fn):
-        return lambda x, w: jnp.sum(jnp.sin(fn(x, w, *args, **kwargs)))
-
-    np.testing.assert_array_equal(conv_general_dilated(x, w, *args, **kwargs), lax.conv_general_dilated(x, w, *args, **kwargs))
-    want = jax.grad(loss(lax.conv_general_dilated), argnums=(0, 1))(x, w)
-    got = jax.grad(loss(conv_general_dilated), argnums=(0, 1))(x, w)
-    for a, b in zip(got, want):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+EPS32 = float(jnp.finfo(jnp.float32).eps)
 
 
-def test_minet_gradients_do_not_depend_on_conv_impl():
-    grads = {}
-    x = jax.random.uniform(jax.random.key(0), (1, 16, 20, 3))
-    for impl in ("xla", "im2col"):
+def _sum_bound(terms: int, scale: float) -> float:
+    """How far two float32 evaluations of the same sum of `terms` products of magnitude <= `scale`
+    may differ: each is within (log2(terms) + 1) eps of sum |term_i| <= terms * scale when summed
+    pairwise (XLA's reductions are trees), so twice that (both sides round)."""
+    return 2 * (np.log2(terms) + 1) * EPS32 * terms * scale
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_values_and_gradients_match_lax(k):
+    kx, kk, kg = jax.random.split(jax.random.key(k), 3)
+    x = jax.random.normal(kx, (2, 9, 11, 5))
+    kernel = jax.random.normal(kk, (k, k))
+    g = jax.random.normal(kg, (2, 9, 11, 5))
+    ref = conv.shared_depthwise_conv_lax(x, kernel)
+    scale = float(jnp.abs(x).max() * jnp.abs(kernel).max())
+    np.testing.assert_allclose(conv.shared_depthwise_conv(x, kernel), ref, rtol=0, atol=_sum_bound(k * k, scale))
+    loss = lambda op: lambda x, w: jnp.sum(op(x, w) * g)  # noqa: E731
+    got = jax.grad(loss(conv.shared_depthwise_conv), argnums=(0, 1))(x, kernel)
+    want = jax.grad(loss(conv.shared_depthwise_conv_lax), argnums=(0, 1))(x, kernel)
+    # dx sums k^2 products g * kernel; dk sums every pixel's x * g (N H W C terms).
+    terms = {0: k * k, 1: x.size}
+    scales = {0: float(jnp.abs(g).max() * jnp.abs(kernel).max()), 1: float(jnp.abs(g).max() * jnp.abs(x).max())}
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=_sum_bound(terms[i], scales[i]))
+
+
+def test_gradient_against_finite_differences_in_float64():
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (1, 6, 7, 3), jnp.float64)
+        kernel = jax.random.normal(jax.random.key(1), (3, 3), jnp.float64)
+        check_grads(conv.shared_depthwise_conv, (x, kernel), order=1, modes=["rev"], atol=1e-7, rtol=1e-7)
+        # and its gradient is itself differentiable (the Jacobian penalty takes a gradient of a vjp)
+        check_grads(conv.shared_depthwise_conv, (x, kernel), order=2, modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
+def test_shifted_sum_has_forward_mode():
+    """The Jacobian probes' version (jvp / jacfwd) against XLA's depthwise convolution."""
+    x = jax.random.normal(jax.random.key(0), (1, 6, 7, 3))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3))
+    v = jax.random.normal(jax.random.key(2), x.shape)
+    _, got = jax.jvp(lambda x: conv.shifted_sum(x, kernel), (x,), (v,))
+    _, want = jax.jvp(lambda x: conv.shared_depthwise_conv_lax(x, kernel), (x,), (v,))
+    np.testing.assert_allclose(got, want, rtol=0, atol=_sum_bound(9, float(jnp.abs(v).max() * jnp.abs(kernel).max())))
+
+
+def test_bf16_inputs_keep_bf16_and_float32_kernel_gradient():
+    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 4)).astype(jnp.bfloat16)
+    kernel = jnp.eye(3)
+    y, vjp = jax.vjp(conv.shared_depthwise_conv, x, kernel)
+    dx, dk = vjp(jnp.ones_like(y))
+    assert y.dtype == dx.dtype == jnp.bfloat16 and dk.dtype == jnp.float32
+
+
+def test_model_same_output_with_either_implementation():
+    """The released architecture (ShareSepConv in blocks 2 and 3) gives the same output and
+    gradient with every share_sep_impl."""
+    x = jax.random.uniform(jax.random.key(2), (1, 16, 20, 3)) * 255
+    outs, grads = {}, {}
+    for impl in ("shift", "shift_autodiff", "xla"):
         cfg = model_config("official")
-        cfg.channels, cfg.T, cfg.conv_impl, cfg.input_format = 8, 2, impl, "rgb01"
-        graphdef, params = nnx.split(MINet(cfg, rngs=nnx.Rngs(1)))
+        cfg.channels, cfg.T, cfg.share_sep_impl = 8, 2, impl
+        model = MINet(cfg, rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(model)
+        outs[impl] = nnx.merge(graphdef, params)(x)
         grads[impl] = jax.grad(lambda p, gd=graphdef: jnp.mean(nnx.merge(gd, p)(x) ** 2))(params)
-    for a, b in zip(jax.tree.leaves(grads["xla"]), jax.tree.leaves(grads["im2col"]), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * max(1.0, float(jnp.abs(a).max())))
+    for impl in ("shift", "shift_autodiff"):
+        np.testing.assert_allclose(outs[impl], outs["xla"], rtol=1e-5, atol=1e-3)
+        for a, b in zip(jax.tree.leaves(grads[impl]), jax.tree.leaves(grads["xla"]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5 * max(1.0, float(jnp.abs(b).max())))
+
+
+def test_unknown_implementation_is_refused():
+    cfg = model_config("official")
+    cfg.share_sep_impl = "fft"
+    with pytest.raises(ValueError, match="share_sep_impl must be 'auto' or one of"):
+        MINet(cfg)

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from flax import nnx
+
 from minet_jax import solvers
-from minet_jax.model_config import solver_config
+from minet_jax.config import model_config, solver_config
+from minet_jax.model import IMBlock, field_fn
 
 
 def make_cfg(**overrides) -> ml_collections.FrozenConfigDict:
@@ -64,21 +67,21 @@ def cosine(a, b) -> float:
 
 
 def loss_fn(cfg, eta, T=8, weights=None):
-    """(params, g0, probe) -> (sum(g* . weights), stats)."""
+    """(params, g0, stats slot) -> (sum(g* . weights), stats)."""
 
-    def loss(params, g0, probe=None):
-        g, stats = solvers.solve(field, params, g0, T=T, eta=eta, cfg=cfg, probe=probe)
+    def loss(params, g0, slot=None):
+        g, stats = solvers.solve(field, params, g0, T=T, eta=eta, cfg=cfg, stats_slot=slot)
         w = jnp.arange(g.shape[-1], dtype=g.dtype) - 3.0 if weights is None else weights
         return jnp.sum(g * w), stats
 
     return loss
 
 
-def grads(cfg, eta, params, g0, T=8, probe=None):
-    """Gradients w.r.t. (params, g0[, probe]) of the test loss, jitted."""
-    argnums = (0, 1) if probe is None else (0, 1, 2)
+def grads(cfg, eta, params, g0, T=8, slot=None):
+    """Gradients w.r.t. (params, g0[, stats slot]) of the test loss, jitted."""
+    argnums = (0, 1) if slot is None else (0, 1, 2)
     fn = jax.jit(jax.grad(loss_fn(cfg, eta, T), argnums=argnums, has_aux=True))
-    return (fn(params, g0) if probe is None else fn(params, g0, probe))[0]
+    return (fn(params, g0) if slot is None else fn(params, g0, slot))[0]
 
 
 EXACT = make_cfg(unroll=1)  # long unrolled solves as the reference gradient, T given per call
@@ -127,16 +130,32 @@ def test_fixed_point_with_zero_tol_is_the_unrolled_network():
 
 
 def test_default_solve_is_the_plain_unrolled_scan():
-    """The default config (and a probe) leave the T-step network's values untouched."""
+    """The default config (and a stats slot) leave the T-step network's values untouched."""
     params, g0 = problem()
     params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
     g0 = g0.astype(jnp.float32)
     g_ref, s_ref = solvers.unrolled(field, params, g0, T=3, eta=1.0, unroll="auto")
     cfg = ml_collections.FrozenConfigDict(solver_config())
-    for probe in (None, jnp.zeros(2)):
-        g, s = solvers.solve(field, params, g0, T=3, eta=1.0, cfg=cfg, probe=probe)
+    for slot in (None, jnp.zeros(2)):
+        g, s = solvers.solve(field, params, g0, T=3, eta=1.0, cfg=cfg, stats_slot=slot)
         np.testing.assert_array_equal(g, g_ref)
         np.testing.assert_array_equal(s.residuals, s_ref.residuals)
+
+
+@pytest.mark.usefixtures("x64")
+def test_unrolled_written_out_and_restarted_is_the_same_iteration():
+    """The one T-step iteration: traced step by step (for recorded statistics) it gives the scan's
+    values, and started at its own T-step output it continues the sequence (phantom's restart)."""
+    params, g0 = problem()
+    g5, s5 = solvers.unrolled(field, params, g0, T=5, eta=0.7)
+    loop, s_loop = solvers.unrolled(field, params, g0, T=5, eta=0.7, trace_each_step=True)
+    np.testing.assert_allclose(loop, g5, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(s_loop.residuals, s5.residuals, rtol=1e-12, atol=0)
+    g3, _ = solvers.unrolled(field, params, g0, T=3, eta=0.7)
+    g3_then_2, _ = solvers.unrolled(field, params, g0, T=2, eta=0.7, start=g3)
+    np.testing.assert_allclose(g3_then_2, g5, rtol=1e-14, atol=0)
+    g4, _ = solvers.unrolled(field, params, g0, T=4, eta=0.7)
+    assert np.max(np.abs(g4 - g5)) > 1e-6  # one step fewer is told apart
 
 
 @pytest.mark.usefixtures("x64")
@@ -215,21 +234,21 @@ def test_anderson_needs_fewer_iterations_on_slow_contraction():
 
 
 @pytest.mark.usefixtures("x64")
-def test_probe_reports_adjoint_statistics():
+def test_stats_slot_reports_adjoint_statistics():
     params, g0 = problem()
     cfg = make_cfg(forward="fixed_point", backward="implicit", tol=1e-12, backward_tol=1e-10)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a converged adjoint must not warn
-        probe_bar = grads(cfg, 1.0, params, g0, probe=jnp.zeros(2))[2]
+        slot_bar = grads(cfg, 1.0, params, g0, slot=jnp.zeros(2))[2]
         jax.effects_barrier()
-    iterations, residual = np.asarray(probe_bar)
+    iterations, residual = np.asarray(slot_bar)
     assert 0 < iterations < cfg.backward_max_iter and residual < cfg.backward_tol
 
 
 @pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("backward_solver", ["fixed_point", pytest.param("gmres", marks=pytest.mark.slow)])
 def test_unconverged_adjoint_is_reported(backward_solver):
-    """||J|| ~ 3: the adjoint iteration diverges; the probe and a warning both say so."""
+    """||J|| ~ 3: the adjoint iteration diverges; the stats slot and a warning both say so."""
     params, g0 = problem()
     q, _ = np.linalg.qr(np.random.default_rng(4).normal(size=(12, 12)))
     params = {"W": jnp.asarray(3.0 * q), "b": jnp.zeros(12)}
@@ -237,31 +256,31 @@ def test_unconverged_adjoint_is_reported(backward_solver):
     cfg = make_cfg(backward="implicit", backward_solver=backward_solver, backward_max_iter=3)
 
     def backward_stats():
-        probe_bar = grads(cfg, 1.0, params, g0, T=3, probe=jnp.zeros(2))[2]
+        slot_bar = grads(cfg, 1.0, params, g0, T=3, slot=jnp.zeros(2))[2]
         jax.effects_barrier()  # the warning comes from a jax.debug.callback
-        return probe_bar
+        return slot_bar
 
     with pytest.warns(RuntimeWarning, match="adjoint .* solve stopped at relative residual"):
-        probe_bar = backward_stats()
-    iterations, residual = np.asarray(probe_bar)
+        slot_bar = backward_stats()
+    iterations, residual = np.asarray(slot_bar)
     assert iterations == 3 and residual > cfg.backward_tol
 
 
 @pytest.mark.usefixtures("x64")
-def test_probe_counts_backpropagated_steps():
+def test_stats_slot_counts_backpropagated_steps():
     params, g0 = problem()
-    probe = jnp.zeros(2)
+    slot = jnp.zeros(2)
     cases = [
         (make_cfg(), [8, 0]),  # the T-step network
         (make_cfg(backward="phantom", phantom_steps=3), [3, 0]),
     ]
     for cfg, want in cases:
-        np.testing.assert_array_equal(grads(cfg, 1.0, params, g0, probe=probe)[2], want)
+        np.testing.assert_array_equal(grads(cfg, 1.0, params, g0, slot=slot)[2], want)
     cfg = make_cfg(forward="fixed_point", tol=1e-8, unroll=1)
-    (_, stats), (*_, probe_bar) = jax.jit(jax.value_and_grad(loss_fn(cfg, 1.0), (0, 1, 2), has_aux=True))(
-        params, g0, probe
+    (_, stats), (*_, slot_bar) = jax.jit(jax.value_and_grad(loss_fn(cfg, 1.0), (0, 1, 2), has_aux=True))(
+        params, g0, slot
     )
-    np.testing.assert_array_equal(probe_bar, [int(stats.iterations), 0])
+    np.testing.assert_array_equal(slot_bar, [int(stats.iterations), 0])
 
 
 @pytest.mark.usefixtures("x64")
@@ -340,11 +359,6 @@ def test_unknown_option_raises(field_name, value):
 
 def test_minet_block_implicit_matches_unrolled():
     """On an IM-block of MI-Net (float32), implicit and long-unrolled parameter gradients agree."""
-    from flax import nnx
-
-    from minet_jax.model import IMBlock, field_fn
-    from minet_jax.model_config import model_config
-
     block = IMBlock(model_config(), 8, dilation=2, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(block.f)
     f = field_fn(graphdef)

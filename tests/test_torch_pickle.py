@@ -28,8 +28,6 @@ from tests.torch_writer import (
     write_zip,
 )
 
-WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "minet_its_official.pth"
-
 FORMATS = {"zip": write_zip, "legacy": write_legacy}
 CONV2D = Global("torch.nn.modules.conv", "Conv2d")
 NORM = Global("torch.nn.modules.instancenorm", "InstanceNorm2d")
@@ -300,10 +298,8 @@ def test_no_tensors(tmp_path: Path) -> None:
 # --- the authors' checkpoint ----------------------------------------------------------------
 
 
-def test_official_weights() -> None:
-    if not WEIGHTS.exists():
-        pytest.skip(f"{WEIGHTS} not found (the authors' weights live in ../shared beside the checkout)")
-    sd = load_torch_file(WEIGHTS)
+def test_official_weights(official_weights: Path) -> None:
+    sd = load_torch_file(official_weights)
     assert sum(v.size for v in sd.values()) == 628_078
     assert len(sd) == 73
     assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in sd.values())

@@ -1,8 +1,8 @@
-"""train.py end to end on tiny data: outputs, checkpoints, SIGKILL resume, non-finite stop."""
+"""train.py end to end on tiny data: outputs, checkpoints, SIGKILL resume, non-finite stop, the
+command line, and the same steps on 1 and 8 (simulated CPU) devices."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -17,41 +17,24 @@ import pytest
 
 from minet_jax import dehaze, load_pretrained
 from minet_jax.checkpoint import params_of
-from minet_jax.imageio import read_rgb, to_uint8
+from minet_jax.config import apply_overrides
+from minet_jax.image_io import read_rgb, to_uint8
 from minet_jax.metrics import psnr
-from minet_jax.synthetic import make_synthetic_haze
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
 
 
-def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+@pytest.fixture(scope="module")
+def data_dirs(tiny_data):
+    return tiny_data
 
 
 @pytest.fixture(scope="module")
-def data_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    synth = make_synthetic_haze(root / "synthetic", hazy_per_clear=2, val_hazy_per_clear=1, size=64, val_size=(48, 64))
-    return synth, root / "tfds"
-
-
-def tiny_config(data_dirs, **overrides):
-    cfg = load_config("test")
-    cfg.data.manual_dir, cfg.data.data_dir = str(data_dirs[0]), str(data_dirs[1])
-    for k, v in overrides.items():
-        cfg[k] = v
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def finished_run(data_dirs, tmp_path_factory):
+def finished_run(tiny_config, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    cfg = tiny_config(data_dirs)
+    cfg = tiny_config()
     summary = train.train_and_evaluate(cfg, workdir)
     return cfg, workdir, summary
 
@@ -91,17 +74,15 @@ def test_summary_and_outputs(finished_run):
 
 def test_refuses_checkpoint_of_another_model(finished_run):
     cfg, workdir, _ = finished_run
-    other = load_config("test")
-    other.data = cfg.data
-    other.model.T = cfg.model.T + 1
-    with pytest.raises(train.TrainingError, match=r"another model config:\n  T: checkpoint 2, config 3"):
+    other = apply_overrides(cfg, [f"model.T={cfg.model.T + 1}"])
+    with pytest.raises(train.TrainingError, match=r"another model config:\n  T: checkpoint 2, config 3\n.*another --workdir"):
         train.train_and_evaluate(other, workdir)
 
 
 def _run(workdir: Path, data_dirs, *extra: str) -> subprocess.Popen:
     args = [
         sys.executable, str(ROOT / "train.py"), f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={workdir}",
-        f"--config.data.manual_dir={data_dirs[0]}", f"--config.data.data_dir={data_dirs[1]}", *extra,
+        f"--config.data.manual_dir={data_dirs[0]}", "--set", f"data.data_dir={data_dirs[1]}", *extra,
     ]  # fmt: skip
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -134,12 +115,12 @@ def test_sigkill_and_resume_gives_the_uninterrupted_parameters(finished_run, dat
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_dirs, tmp_path):
-    cfg = tiny_config(data_dirs, num_steps=2)
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
+    cfg = tiny_config("num_steps=2")
     train.train_and_evaluate(cfg, tmp_path)
     good = _final_params(tmp_path)
     # Adam's first step moves every weight by about lr: 1e30 overflows the next forward pass.
-    cfg = tiny_config(data_dirs, num_steps=6, lr=1e30)
+    cfg = tiny_config("num_steps=6", "lr=1e30")
     with pytest.raises(train.TrainingError, match="non-finite"):
         train.train_and_evaluate(cfg, tmp_path)
     assert max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == 2
@@ -148,11 +129,49 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_dirs, tmp_path
     assert all(np.isfinite(a).all() for a in good)
 
 
-def test_stability_probe_input_is_a_fixed_central_validation_crop():
-    img = np.arange(10 * 14 * 3, dtype=np.float32).reshape(10, 14, 3)
-    crop = train.stability_probe_input([{"hazy": img}, {"hazy": -img}], crop_size=4)
-    assert crop.shape == (1, 4, 4, 3)
-    np.testing.assert_array_equal(crop[0], img[3:7, 5:9])
-    # Crop larger than the image: the largest central square.
-    assert train.stability_probe_input([{"hazy": img}], crop_size=0).shape == (1, 10, 10, 3)
-    assert train.stability_probe_input([], crop_size=4) is None
+def test_command_line_overrides_in_order_and_bad_ones_in_one_line(capsys):
+    args, overrides = train.parse_args(
+        ["--config", "test", "--set", "model.T=4", "--config.lr=1e-3", "--config.num_steps", "5", "--set=seed=2",
+         "--workdir", "/tmp/x"]
+    )  # fmt: skip
+    assert (args.config, args.workdir) == ("test", "/tmp/x")
+    assert overrides == ["model.T=4", "lr=1e-3", "num_steps=5", "seed=2"]
+    assert train.main(["--config", "test", "--config.num_step=5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: unknown config field 'num_step': the config has no 'num_step'; did you mean num_steps?"
+
+
+_SHARDED = """
+import json, sys
+sys.path.insert(0, {root!r})
+import jax
+import train
+from minet_jax.config import apply_overrides, load_config
+cfg = apply_overrides(load_config("test"), ["data.manual_dir={synth}", "data.data_dir={tfds}", "batch_size=8",
+                      "num_steps=2", "eval_every=2", "checkpoint_every=2", "image_every=2"])
+summary = train.train_and_evaluate(cfg, {workdir!r})
+print("DEVICES", jax.device_count(), summary["devices"], summary["processes"])
+"""
+
+
+def _train_on(devices: int, synth: Path, tfds: Path, workdir: Path) -> str:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    code = _SHARDED.format(root=str(ROOT), synth=str(synth), tfds=str(tfds), workdir=str(workdir))
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def test_one_and_eight_devices_give_the_same_parameters(tiny_data, tmp_path):
+    synth, tfds = tiny_data
+    runs = {}
+    for n in (1, 8):
+        out = _train_on(n, synth, tfds, tmp_path / f"run{n}")
+        assert f"DEVICES {n} {n} 1" in out
+        assert json.loads((tmp_path / f"run{n}" / "summary.json").read_text())["devices"] == n
+        runs[n] = jax.tree.leaves(params_of(load_pretrained(tmp_path / f"run{n}" / "checkpoints" / "2")))
+    moved = 0.0
+    for a, b in zip(runs[1], runs[8], strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+        moved = max(moved, float(np.abs(np.asarray(a)).max()))
+    assert moved > 0

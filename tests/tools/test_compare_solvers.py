@@ -1,4 +1,4 @@
-"""minet_jax.compare_solvers on a tiny network: outputs, record keys, memory pattern, gradients."""
+"""minet_jax.tools.compare_solvers on a tiny network: outputs, record keys, memory pattern, gradients."""
 
 from __future__ import annotations
 
@@ -7,17 +7,14 @@ import math
 
 import pytest
 
-from minet_jax import compare_solvers as cs
-from minet_jax.synthetic import make_synthetic_haze
+from minet_jax.config import apply_overrides, load_config
+from minet_jax.tools import compare_solvers as cs
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cs_data")
-    synth = make_synthetic_haze(root / "synthetic", hazy_per_clear=2, val_hazy_per_clear=1, size=64, val_size=(48, 64))
-    cfg = cs.default_config()
-    cfg.model.channels = 8
-    cfg.data.manual_dir, cfg.data.data_dir = str(synth), str(root / "tfds")
+def report(tmp_path_factory, tiny_data):
+    synth, tfds = tiny_data
+    cfg = apply_overrides(load_config("default"), ["model.channels=8", f"data.manual_dir={synth}", f"data.data_dir={tfds}"])
     out = tmp_path_factory.mktemp("cs_out")
     rep = cs.compare(
         cfg,
@@ -111,4 +108,6 @@ def test_plan_and_cli_parsing():
     assert cfg.model.solver.anderson_m == 3
     c = cs.config_for(cfg, "anderson/phantom", 12)
     assert (c.model.solver.forward, c.model.solver.backward, c.model.T) == ("anderson", "phantom", 12)
-    assert cs._crops("64x64,32") == [64, 32]
+    assert cs.parse_crops("64x64,32") == [64, 32]
+    with pytest.raises(SystemExit, match="unknown config field 'model.solver.anderson'"):
+        cs.config_from_args(cs.build_parser().parse_args(["--set", "model.solver.anderson=3"]))

@@ -1,50 +1,12 @@
-"""The benchmark's FLOP counts against independent counts, and its report."""
+"""minet_jax.tools.bench: inference and training rows against independent counts, and its report."""
 
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minet_jax import bench
-
-DN = ("NHWC", "HWIO", "NHWC")
-
-
-@pytest.mark.parametrize(
-    "lhs, rhs, kw",
-    [
-        ((1, 7, 9, 2), (3, 3, 2, 4), dict(window_strides=(1, 1), padding=[(1, 1), (1, 1)])),
-        ((2, 7, 9, 2), (3, 4, 2, 3), dict(window_strides=(2, 1), padding=[(1, 2), (3, 0)], lhs_dilation=(1, 2),
-                                          rhs_dilation=(2, 1))),  # fmt: skip
-        ((1, 8, 8, 4), (3, 3, 1, 4), dict(window_strides=(1, 1), padding=[(2, 2), (2, 2)], rhs_dilation=(2, 2),
-                                          feature_group_count=4)),  # fmt: skip
-        # a depthwise convolution's weight gradient: batch-grouped
-        ((4, 6, 6, 2), (6, 6, 2, 4), dict(window_strides=(1, 1), padding=[(1, 1), (1, 1)], batch_group_count=2)),
-    ],
-)
-def test_conv_flops_against_a_convolution_of_ones(lhs, rhs, kw):
-    """With all-ones input and kernel each output element is the number of input elements it
-    multiplies, so the sum of the output is the multiply-add count, whatever the padding, dilation
-    or grouping."""
-    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, dimension_numbers=DN, **kw)  # noqa: E731
-    x, w = jnp.ones(lhs), jnp.ones(rhs)
-    flops, loop = bench.conv_flops(jax.make_jaxpr(conv)(x, w).jaxpr)
-    assert flops == 2 * int(jnp.sum(conv(x, w)))
-    assert not loop
-
-
-def test_conv_flops_counts_scans_and_flags_while_loops():
-    w = jnp.ones((3, 3, 2, 2))
-    conv = lambda x: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)  # noqa: E731
-    x = jnp.ones((1, 5, 5, 2))
-    one, _ = bench.conv_flops(jax.make_jaxpr(conv)(x).jaxpr)
-    scanned = lambda x: jax.lax.scan(lambda c, _: (conv(c), None), x, None, length=4)[0]  # noqa: E731
-    assert bench.conv_flops(jax.make_jaxpr(scanned)(x).jaxpr) == (4 * one, False)
-    looped = lambda x: jax.lax.while_loop(lambda c: jnp.sum(c) < 1e6, conv, x)  # noqa: E731
-    assert bench.conv_flops(jax.make_jaxpr(looped)(x).jaxpr) == (one, True)
-
+from minet_jax.tools import bench, measure
 
 def test_inference_flops_agree_with_xla():
     """The forward's convolution count against XLA's cost analysis, an independent count that also
@@ -65,8 +27,8 @@ def test_microbatched_inference_counts_the_same_work():
     """A batch run one image at a time in one program (lax.map) does the same convolutions per
     image, and XLA's analysis sees the loop body once (one image) with less temporary memory."""
     shape = (3, 16, 24, 3)
-    whole = bench.bench_inference("official", "float32", shape, repeats=1, peaks=[], overrides={"T": 2})
-    micro = bench.bench_inference("official", "float32", shape, repeats=1, peaks=[], overrides={"T": 2}, microbatch=1)
+    whole = bench.bench_inference("official", "float32", shape, repeats=1, peaks=[], overrides=[("model.T", 2)])
+    micro = bench.bench_inference("official", "float32", shape, repeats=1, peaks=[], overrides=[("model.T", 2)], microbatch=1)
     assert (whole["microbatch"], micro["microbatch"]) == (3, 1)
     assert micro["flops_exact"] and micro["conv_flops_per_image"] == whole["conv_flops_per_image"]
     assert micro["xla_flops_per_image"] == pytest.approx(whole["xla_flops_per_image"] / 3, rel=0.05)
@@ -99,16 +61,29 @@ def test_training_rows_and_report(tmp_path):
 def test_isolated_rows_report_their_own_peak_memory():
     """--isolate runs a row in a fresh process: its peak resident memory grows with the work done
     (a bigger batch needs more), and the table shows it."""
-    kw = dict(variant="official", dtype="float32", repeats=1, peaks=[], overrides={"T": 1})
+    kw = dict(variant="official", dtype="float32", repeats=1, peaks=[], overrides=[("model.T", 1)])
     ballast = np.ones((768, 2**18), np.float32)  # 768 MiB here must not count as the child's
-    small = bench._row("inference", {**kw, "shape": (1, 32, 32, 3)}, isolate=True)
+    small = bench.run_row("inference", {**kw, "shape": (1, 32, 32, 3)}, isolate=True)
     assert small["rss_peak_bytes"] < ballast.nbytes, small["rss_peak_bytes"] / 2**20
     del ballast
-    big = bench._row("inference", {**kw, "shape": (1, 1024, 1024, 3)}, isolate=True)
+    big = bench.run_row("inference", {**kw, "shape": (1, 1024, 1024, 3)}, isolate=True)
     for r in (small, big):
         assert 0 < r["rss_before_bytes"] <= r["rss_peak_bytes"]
     # Compilation alone takes several hundred MiB either way; 64-channel 1024 x 1024 float32
     # feature maps are 256 MiB each, and the stem holds at least two at once.
     assert big["rss_peak_bytes"] - small["rss_peak_bytes"] > 400 * 2**20
-    md = bench.markdown({"machine": bench.machine(), "peak": [], "inference": [small]})
+    md = bench.markdown({"machine": measure.machine(), "peak": [], "inference": [small]})
     assert f"{small['rss_peak_bytes'] / 2**20:.0f} ({small['rss_before_bytes'] / 2**20:.0f})" in md
+
+
+def test_overrides_reach_the_step_that_is_timed():
+    """--set is rooted at the training config, as everywhere: a stability weight puts the
+    regulariser into the timed step, and its FLOPs into the row; a bad key is refused up front."""
+    kw = dict(pair="unrolled/unrolled", dtype="float32", crop=16, batch=1, T=1, repeats=1, peaks=[])
+    plain = bench.bench_training(**kw, overrides=[("model.channels", 4)])
+    regularised = bench.bench_training(**kw, overrides=[("model.channels", 4), ("stability.weight", 1.0)])
+    assert regularised["conv_flops_per_step"] > plain["conv_flops_per_step"]
+    assert regularised["name"] == "unrolled/unrolled model.channels=4 stability.weight=1.0"
+    assert bench.bench_config(["model.T=3", "stability.weight=1"]).model.T == 3
+    with pytest.raises(SystemExit):
+        bench.main(["--sections", "peak", "--set", "stability.wieght=1"])

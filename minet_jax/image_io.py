@@ -10,13 +10,15 @@ applied: pixels are returned as stored. 16-bit samples are mapped to 8 bits as
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["ImageReadError", "read_rgb", "to_uint8", "write_png"]
+__all__ = ["ImageReadError", "decode_rgb", "read_rgb", "to_uint8", "write_png"]
 
 PathLike = str | os.PathLike[str]
 
@@ -49,8 +51,8 @@ def _rawmode(im: Image.Image) -> str | None:
     return args if isinstance(args, str) else (args[0] if args else None)
 
 
-def _decode_as(path: Path, rawmode: str) -> np.ndarray:
-    """Decode ``path`` (a single-tile PNG) with its tile's raw mode replaced."""
+def _decode_as(path: Path | BinaryIO, rawmode: str) -> np.ndarray:
+    """Decode ``path`` (a single-tile PNG, or a file object holding one) with its tile's raw mode replaced."""
     with Image.open(path) as im:
         im.tile = [im.tile[0]._replace(args=rawmode)]
         im.load()
@@ -66,7 +68,8 @@ def _gray_to_rgb(g: np.ndarray) -> np.ndarray:
     return np.repeat(g[:, :, None], 3, axis=2)
 
 
-def _read(path: Path) -> np.ndarray:
+def _read(path: Path | BinaryIO) -> np.ndarray:
+    # Pillow re-seeks a file object on open, so the two-pass 16-bit decoding works on bytes too.
     with Image.open(path) as im:
         rawmode = _rawmode(im) if im.format == "PNG" else None
         im.load()  # force the lazy decode here so truncation surfaces now
@@ -108,6 +111,18 @@ def read_rgb(path: PathLike) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ImageReadError(path, f"decoding gave an array of shape {rgb.shape}, dtype {rgb.dtype}")
     return rgb
+
+
+def decode_rgb(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes to a ``HxWx3`` uint8 RGB array, exactly as `read_rgb` reads files.
+
+    Raises `ImageReadError` naming ``name``."""
+    try:
+        return _read(io.BytesIO(data))
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise ImageReadError(name, f"decoding it failed ({type(e).__name__}: {e})") from e
 
 
 def write_png(path: PathLike, rgb_uint8: np.ndarray) -> None:

@@ -1,8 +1,8 @@
 """Compare the IM-block solvers in training: memory, speed, gradient accuracy, quality.
 
-    python -m minet_jax.compare_solvers --quick --output /tmp/cs_quick    # CPU-friendly
-    python -m minet_jax.compare_solvers --ratio                           # implicit / unrolled at T=8
-    python -m minet_jax.compare_solvers --pairs unrolled/unrolled,unrolled/implicit --Ts 4,8,16
+    python -m minet_jax.tools.compare_solvers --quick --output /tmp/cs_quick    # CPU-friendly
+    python -m minet_jax.tools.compare_solvers --ratio                           # implicit / unrolled at T=8
+    python -m minet_jax.tools.compare_solvers --pairs unrolled/unrolled,unrolled/implicit --Ts 4,8,16
 
 For each forward/backward pair (`config.model.solver.forward` / `.backward`) and each T (the
 unrolled forward's step count; the fixed_point / anderson forwards use tol / max_iter instead and
@@ -23,9 +23,7 @@ Writes OUTPUT/compare_solvers.json, .md and .png and prints the Markdown table.
 from __future__ import annotations
 
 import argparse
-import ast
 import copy
-import importlib.util
 import json
 import math
 import statistics
@@ -36,17 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
 from minet_jax import training
-from minet_jax.bench import machine
-from minet_jax.imageio import to_uint8
-from minet_jax.metrics import psnr, ssim
+from minet_jax.config import ConfigError, apply_overrides, load_config, model_config
 from minet_jax.model import MINet
+from minet_jax.solvers import BACKWARDS, FORWARDS
+from minet_jax.tools.measure import compile_train_step, device_peak, machine, memory_fields, xla_peak
 
 DEFAULT_PAIRS = (
     "unrolled/unrolled",
@@ -117,26 +114,8 @@ RECORD_KEYS = tuple(RECORD_FIELDS)
 # Configuration
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """configs/default.py's configuration (or the same settings where the file is not beside the package)."""
-    path = Path(__file__).resolve().parents[1] / "configs" / "default.py"
-    if path.is_file():
-        spec = importlib.util.spec_from_file_location("minet_configs_default", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.get_config()
-    from minet_jax.train_config import base_config
-
-    c = base_config("official")
-    c.model.input_format = "rgb01"
-    c.model.init = "identity"
-    return c
-
-
 def parse_pair(pair: str) -> tuple[str, str]:
     """'forward/backward' -> (forward, backward), checked against the solvers' choices."""
-    from minet_jax.solvers import BACKWARDS, FORWARDS
-
     parts = pair.strip().split("/")
     if len(parts) != 2 or parts[0] not in FORWARDS or parts[1] not in BACKWARDS:
         raise ValueError(f"pair must be forward/backward with forward in {FORWARDS}, backward in {BACKWARDS}: {pair!r}")
@@ -197,47 +176,8 @@ def agreement(g: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return cos, rel
 
 
-def memory_fields(compiled: Any) -> dict[str, int]:
-    """The integer fields of XLA's memory analysis of a compiled executable ({} if none)."""
-    try:
-        stats = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 (some backends do not implement it)
-        return {}
-    if stats is None:
-        return {}
-    names = [n for n in dir(stats) if n.endswith("_in_bytes")]
-    return {n.removesuffix("_in_bytes"): int(getattr(stats, n)) for n in names}
-
-
-def xla_peak(mem: dict[str, int]) -> int | None:
-    """Arguments + outputs (less what aliases the arguments) + temporaries: the step's footprint."""
-    if not mem:
-        return None
-    return mem.get("argument_size", 0) + mem.get("output_size", 0) - mem.get("alias_size", 0) + mem.get("temp_size", 0)
-
-
-def device_peak() -> int | None:
-    """The device's peak bytes in use so far in this process (GPU / TPU), else None."""
-    try:
-        stats = jax.devices()[0].memory_stats()
-    except Exception:  # noqa: BLE001
-        return None
-    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
-
-
 def _block_stats(metrics: dict, name: str, cast=float) -> list:
     return [cast(metrics[f"solver/block{i + 1}_{name}"]) for i in range(BLOCKS)]
-
-
-def _compiled_step(cfg: ml_collections.ConfigDict, params: Any, batch: dict, compiler_options: dict | None = None):
-    """(graphdef, fresh TrainState at `params`, make_train_step's step compiled ahead of time, compile s)."""
-    tx = training.make_optimizer(cfg)
-    graphdef = nnx.split(nnx.eval_shape(lambda: MINet(cfg.model, rngs=nnx.Rngs(cfg.seed))), nnx.Param)[0]
-    state = training.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.ones((), bool))
-    t0 = time.perf_counter()
-    lowered = training.make_train_step(graphdef, tx, cfg.loss).lower(state, batch)
-    compiled = lowered.compile(compiler_options=compiler_options)
-    return graphdef, state, compiled, time.perf_counter() - t0
 
 
 def run_config(
@@ -251,9 +191,10 @@ def run_config(
     compiler_options: dict | None = None,
 ) -> tuple[dict, np.ndarray]:
     """Measure one configuration; returns (partial record, flat gradient at `params` on batches[0])."""
-    graphdef, state, step, compile_s = _compiled_step(cfg, params, batches[0], compiler_options)
+    compiled = compile_train_step(cfg, params, batches[0], compiler_options)
+    graphdef, state, step = compiled.graphdef, compiled.state, compiled.compiled
     batch0 = batches[0]
-    rec: dict[str, Any] = {"compile_s": compile_s}
+    rec: dict[str, Any] = {"compile_s": compiled.compile_s}
     mem = memory_fields(step)
     rec["xla_memory"] = mem
     rec["xla_peak_bytes"] = xla_peak(mem)
@@ -347,9 +288,8 @@ def compare(
         "model": json.loads(base.model.to_json()),
     }  # fmt: skip
     if val:
-        hz = [(to_uint8(ex["hazy"]), to_uint8(ex["clear"])) for ex in val]
-        settings["val_input_psnr"] = float(np.mean([psnr(a, b) for a, b in hz]))
-        settings["val_input_ssim"] = float(np.mean([ssim(a, b) for a, b in hz]))
+        quality = training.input_quality(val)
+        settings["val_input_psnr"], settings["val_input_ssim"] = quality["input_psnr"], quality["input_ssim"]
 
     records = []
     for crop in crops:
@@ -435,8 +375,8 @@ def _exact_grad(
     base: ml_collections.ConfigDict, T: int, params: Any, batch: dict, compiler_options: dict | None
 ) -> np.ndarray:
     cfg = config_for(base, EXACT, T)
-    _, state, step, _ = _compiled_step(cfg, params, batch, compiler_options)
-    s, _ = step(state, batch)
+    compiled = compile_train_step(cfg, params, batch, compiler_options)
+    s, _ = compiled.compiled(compiled.state, batch)
     return flat(first_step_gradient(s.opt_state, cfg.adam_b1))
 
 
@@ -617,15 +557,7 @@ def _ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v.strip()] if s else []
 
 
-def _literal(v: str) -> Any:
-    """A Python literal ('3', '1e-4', 'True', '(1, 2, 5)'), else the string itself."""
-    try:
-        return ast.literal_eval(v)
-    except (ValueError, SyntaxError):
-        return v
-
-
-def _crops(s: str) -> list[int]:
+def parse_crops(s: str) -> list[int]:
     """'32,64' or '64x64' (crops are square) -> [32, 64] / [64]."""
     out = []
     for v in (v.strip().lower() for v in s.split(",") if v.strip()):
@@ -666,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backward-max-iter", type=int, default=None)
     p.add_argument("--phantom-steps", type=int, default=None, help="k of the phantom backward (default 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set model.solver.anderson_m=3 (repeatable)")  # fmt: skip
+                   help="override a training-config field, e.g. --set model.solver.anderson_m=3 (repeatable)")  # fmt: skip
     p.add_argument("--data-dir", default="", help="synthetic data folder (config.data.manual_dir; default the cache)")
     p.add_argument("--tfds-dir", default="", help="TFDS folder (config.data.data_dir; default the cache)")
     p.add_argument("--output", default="runs/compare_solvers", help="folder for compare_solvers.json/.md/.png")
@@ -674,38 +606,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:
-    """configs/default.py's config (for `--variant paper`, the paper model, rgb01 / identity) with the flags applied."""
-    cfg = default_config()
+    """configs/default.py's config (for `--variant paper`, the paper model, rgb01 / identity) with
+    the flags and then the `--set` overrides applied."""
+    cfg = load_config("default")
     if args.variant != cfg.model.variant:
-        from minet_jax.model_config import model_config
-
         cfg.model = model_config(args.variant)
         cfg.model.input_format, cfg.model.init = "rgb01", "identity"
-    sv = cfg.model.solver
-    for flag, target, key in [
-        ("channels", cfg.model, "channels"), ("eta", cfg.model, "eta"), ("tol", sv, "tol"),
-        ("max_iter", sv, "max_iter"), ("backward_solver", sv, "backward_solver"),
-        ("backward_tol", sv, "backward_tol"), ("backward_max_iter", sv, "backward_max_iter"),
-        ("phantom_steps", sv, "phantom_steps"),
-    ]:  # fmt: skip
-        if getattr(args, flag) is not None:
-            target[key] = getattr(args, flag)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set wants KEY=VALUE, got {item!r}")
-        *parents, last = key.strip().split(".")
-        node = cfg
-        for k in parents:
-            node = node[k]
-        if last not in node:
-            raise SystemExit(f"--set: no config field {key!r}")
-        node[last] = _literal(value)
-    if args.data_dir:
-        cfg.data.manual_dir = args.data_dir
-    if args.tfds_dir:
-        cfg.data.data_dir = args.tfds_dir
-    return cfg
+    flags = {
+        "channels": "model.channels", "eta": "model.eta", "tol": "model.solver.tol",
+        "max_iter": "model.solver.max_iter", "backward_solver": "model.solver.backward_solver",
+        "backward_tol": "model.solver.backward_tol", "backward_max_iter": "model.solver.backward_max_iter",
+        "phantom_steps": "model.solver.phantom_steps", "data_dir": "data.manual_dir", "tfds_dir": "data.data_dir",
+    }  # fmt: skip
+    given = [(key, getattr(args, flag)) for flag, key in flags.items() if getattr(args, flag) not in (None, "")]
+    try:
+        return apply_overrides(cfg, [*given, *args.set])
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -729,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg,
         pairs=pick([p.strip() for p in args.pairs.split(",") if p.strip()], "pairs"),
         Ts=pick(_ints(args.Ts), "Ts"),
-        crops=pick(_crops(args.crop), "crop"),
+        crops=pick(parse_crops(args.crop), "crop"),
         batch_size=pick(args.batch, "batch"),
         ref_T=pick(args.ref_T, "ref_T"),
         timing_steps=pick(args.timing_steps, "timing_steps"),

@@ -1,0 +1,309 @@
+"""Every configuration of minet-jax in one place: the model (and its solver), the data, training,
+the preset loader and the one `KEY=VALUE` override parser.
+
+A training config (`train_config`) holds `model` (`model_config`, with `model.solver`), `data`
+(`data_config`) and the training fields. `configs/*.py` are presets: each has `get_config()`
+returning such a config; `load_config` loads one by path or by name. Overrides are dotted keys
+rooted at the training config (`model.T=16`, `data.crop_size=128`, `stability.weight=1`), the
+same in `train.py --set` (or ml_collections' `--config.model.T=16`), `evaluate.py --set`,
+`tools.bench --set` and `tools.compare_solvers --set`; `apply_overrides` parses them.
+
+`official` is the authors' released network (see ../shared/design/official-architecture.md); their
+weights fit it. `paper` is the network as the paper describes it; where the paper is ambiguous the
+choices are written next to the field.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+VARIANTS = ("official", "paper")
+
+
+def solver_config() -> ml_collections.ConfigDict:
+    """How each IM-block solves g = g0 + eta f(g). The default is the exact T-step network."""
+    return ml_collections.ConfigDict(
+        dict(
+            forward="unrolled",  # unrolled | fixed_point | anderson
+            backward="unrolled",  # unrolled | implicit | phantom
+            # lax.scan unroll factor (an int, so --config overrides work); 0 = auto: fully unrolled
+            # on CPU, where backprop through a rolled scan of convolutions is ~50x slower
+            # (jax#12868), rolled (1) elsewhere.
+            unroll=0,
+            tol=1e-3,  # relative residual ||g_next - g|| / ||g|| for fixed_point / anderson
+            max_iter=50,
+            anderson_m=5,
+            anderson_beta=1.0,  # damping: 1 = undamped
+            anderson_lam=1e-4,  # Tikhonov regularisation of the mixing least-squares problem
+            backward_solver="fixed_point",  # fixed_point | anderson | gmres (implicit backward)
+            backward_tol=1e-5,
+            backward_max_iter=50,
+            phantom_steps=1,  # k for the phantom backward (1 = Jacobian-free backprop)
+        )
+    )
+
+
+def model_config(variant: str = "official") -> ml_collections.ConfigDict:
+    """Default model configuration for `variant` ("official" or "paper")."""
+    if variant not in VARIANTS:
+        raise ValueError(f"model.variant must be one of {VARIANTS}, got {variant!r}")
+    cfg = ml_collections.ConfigDict(
+        dict(
+            variant=variant,
+            channels=64,
+            T=8,
+            dilations=(1, 2, 4),
+            # ShareSepConv(2d-1) before each dilated conv of blocks with d > 1 (authors' code).
+            smooth_dilated=True,
+            eta=1.0,
+            # MLF gate conv 3C -> 3: 1 = plain conv (authors' code), 3 = group conv (paper).
+            mlf_groups=1,
+            # Channel attention: "image" = on the 3-channel output with scalar affine "MLP"
+            # (authors' code); "features" = on the fused C-channel features before the decoder
+            # with a two-layer MLP C -> C/r -> C (paper, Fig. 5).
+            rca="image",
+            rca_reduction=16,
+            # What the network sees: "bgr255" = BGR on 0..255 (authors' weights); "rgb01" = RGB
+            # on [0, 1] (trains much faster from scratch).
+            input_format="bgr255",
+            # "pytorch": the authors' initialisation; "identity": output path started near the
+            # identity (conv_su2 = deconv = I, conv_su1 ~ 0, attention closed) for training.
+            init="pytorch",
+            dtype="float32",  # compute dtype of the convolutions ("bfloat16" for mixed precision)
+            precision="",  # jax.lax.Precision name for convolutions, e.g. "highest"; "" = default
+            # ShareSepConv (one k x k kernel on every channel): "shift" (k^2 shifted copies with a
+            # hand-written gradient, minet_jax/conv.py; ~20x faster than XLA's depthwise
+            # convolution on CPU), "shift_autodiff" (the same sums, JAX's own gradient), "xla", or
+            # "auto" = shift on CPU, xla elsewhere. Same values.
+            share_sep_impl="auto",
+            solver=solver_config(),
+        )
+    )
+    if variant == "paper":
+        cfg.T = 12  # Sec. 4.2: T1 = T2 = T3 = 12
+        cfg.dilations = (1, 2, 5)  # Sec. 4.2: dilated rates x1, x2, x5
+        # Choice: the paper names no smoothing of dilated convolutions (it relies on HDC).
+        cfg.smooth_dilated = False
+        # Choice: "MLF is a group convolutional layer" read as 3 groups, so W_i is computed from
+        # x_i alone (3x3 kernel and bias kept from the code).
+        cfg.mlf_groups = 3
+        # Choice: RCA on the fused features (Fig. 2, Eq. 8-9), MLP reduction 16 as in SE-Net
+        # [18], which the paper cites for it; ReLU between the two layers.
+        cfg.rca = "features"
+        cfg.rca_reduction = 16
+        cfg.input_format = "rgb01"
+        cfg.init = "identity"
+    return cfg
+
+
+# Model settings that older checkpoints may hold and this version no longer has (dropped on load).
+OBSOLETE_MODEL_KEYS = ("conv_impl",)
+
+
+def data_config() -> ml_collections.ConfigDict:
+    """The `config.data` fields, with defaults (read by `minet_jax.input_pipeline`)."""
+    c = ml_collections.ConfigDict()
+    # synthetic | reside_its | reside_ots | sots_indoor | sots_outdoor | paired
+    c.name = "synthetic"
+    # The images' folder. For "synthetic": where the embedded set is written ("" = <cache>/synthetic).
+    c.manual_dir = ""
+    c.data_dir = ""  # TFDS data dir ("" = <cache>/tfds; <cache> = $XDG_CACHE_HOME/minet_jax or ~/.cache/minet_jax)
+    c.sots_dir = ""  # SOTS indoor folder: ITS scenes it shares are left out of reside_its
+    c.crop_size = 64  # random square crops; 0 = whole images (a batch's images must then share a size)
+    c.flip = True  # random horizontal flips
+    c.workers = 0  # 0 = decode in this process (2 threads); > 0 = grain worker processes
+    c.val_name = ""  # "" = the training data set
+    c.val_manual_dir = ""  # "" = manual_dir for the same data set, else sots_dir for sots_* sets
+    c.val_split = ""  # "" = "validation", else "test"
+    c.val_limit = 0  # at most this many validation images, evenly spread (0 = all)
+    return c
+
+
+def train_config(variant: str = "official") -> ml_collections.ConfigDict:
+    """Training defaults; `configs/*.py` start from here (see configs/default.py for what they train)."""
+    c = ml_collections.ConfigDict()
+    c.model = model_config(variant)
+    c.data = data_config()
+    c.seed = 0
+    c.num_steps = 150
+    c.batch_size = 4
+    c.loss = "mse"  # mse | l1 | frobenius (the authors': ||out - gt||_2 on 0..255)
+    c.lr = 2e-3
+    c.lr_decay_every = 0  # steps between step decays (0 = constant)
+    c.lr_decay_factor = 0.5
+    c.lr_decay_count = 0  # how many decays at most (0 = no limit)
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.999
+    c.grad_clip = 0.0  # global-norm clipping (0 = off)
+    c.log_every = 10
+    c.eval_every = 50
+    c.checkpoint_every = 50
+    c.keep_checkpoints = 3  # the last K; the best by validation PSNR is kept besides
+    c.image_every = 100  # hazy | dehazed | clear grid of validation images
+    c.grid_images = 3
+    c.progress = True  # tqdm progress bar
+    # Multi-host: call jax.distributed.initialize() (SLURM, TPU pods and Cloud TPU fill in the
+    # coordinator and process ids from the environment); each process reads its own data shard.
+    c.distributed = False
+    # Theorem 1 while training: every `every` steps log an Arnoldi estimate of each block's
+    # spectral radius of eta J_f (0 = never; `iters` Arnoldi steps); `weight` > 0 adds a Jacobian
+    # regulariser to the loss (`kind`: "frobenius", a Hutchinson estimate with `samples` random
+    # vectors, or "radius", penalised above `margin`).
+    c.stability = ml_collections.ConfigDict(
+        dict(every=50, iters=20, weight=0.0, kind="frobenius", margin=0.9, samples=1)
+    )
+    return c
+
+
+# --- presets ---
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file, preset name or override that cannot be used (the message says why)."""
+
+
+def load_config(spec: str | Path) -> ml_collections.ConfigDict:
+    """The config of a preset: a path to a `configs/*.py`-style file, or a preset's name
+    (`"default"`, `"test"`, `"official_its"`, `"paper_its"`) in the repository's configs/ folder."""
+    path = Path(spec)
+    if path.suffix != ".py" and not path.exists():
+        path = CONFIG_DIR / f"{spec}.py"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.py"))) if CONFIG_DIR.is_dir() else "none"
+        raise ConfigError(f"config {spec}: no such file, and not a preset in {CONFIG_DIR} (presets: {known})")
+    module_spec = importlib.util.spec_from_file_location(f"minet_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config {path}: defines no get_config()")
+    return module.get_config()
+
+
+# --- overrides ---
+
+
+def parse_value(raw: str) -> Any:
+    """An override's value: JSON, else a Python literal (`True`, `(1, 2, 5)`), else the string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def parse_overrides(items: Iterable[str]) -> list[tuple[str, Any]]:
+    """`["model.T=16", "lr=1e-3"]` -> `[("model.T", 16), ("lr", 0.001)]`."""
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. model.T=16")
+        out.append((key.strip(), parse_value(raw)))
+    return out
+
+
+def _coerce(key: str, old: Any, value: Any) -> Any:
+    """`value` in the type of the field it replaces (any value as text for a string field, lists
+    as tuples, ints for float fields); a one-line ConfigError where it does not fit."""
+    if isinstance(old, str):
+        return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    if isinstance(old, bool) or isinstance(value, bool):
+        if isinstance(old, bool) and isinstance(value, bool):
+            return value
+    elif isinstance(old, tuple) and isinstance(value, (list, tuple)):
+        return tuple(value)
+    elif isinstance(old, float) and isinstance(value, (int, float)):
+        return float(value)
+    elif old is None or type(old) is type(value):
+        return value
+    raise ConfigError(f"config field {key} takes {type(old).__name__} values (now {old!r}), got {value!r}")
+
+
+def apply_overrides(
+    cfg: ml_collections.ConfigDict, items: Iterable[str] | Iterable[tuple[str, Any]]
+) -> ml_collections.ConfigDict:
+    """A copy of `cfg` with dotted `KEY=VALUE` overrides (or parsed `(key, value)` pairs) applied,
+    at any depth. Unknown keys and values of the wrong type raise a one-line `ConfigError`."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    pairs = [parse_overrides([i])[0] if isinstance(i, str) else i for i in items]
+    for key, value in pairs:
+        names = key.split(".")
+        node = cfg
+        for depth, k in enumerate(names):
+            where = ".".join(names[:depth])
+            if not isinstance(node, ml_collections.ConfigDict):
+                raise ConfigError(f"unknown config field {key!r}: {where} is a value, not a group of fields")
+            if k not in node:
+                close = difflib.get_close_matches(k, sorted(node), n=1)
+                hint = f"; did you mean {'.'.join([*names[:depth], close[0]])}?" if close else ""
+                raise ConfigError(f"unknown config field {key!r}: {where or 'the config'} has no {k!r}{hint}")
+            if depth < len(names) - 1:
+                node = node[k]
+        old = node[names[-1]]
+        if isinstance(old, ml_collections.ConfigDict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config field {key} is a group; set one of its fields, e.g. {key}.{next(iter(old))}=...")
+            node[names[-1]] = apply_overrides(old, _flat(value))
+        else:
+            node[names[-1]] = _coerce(key, old, value)
+    return cfg
+
+
+def nest(pairs: Iterable[tuple[str, Any]]) -> dict:
+    """Dotted `(key, value)` pairs as a nested dict: `[("solver.tol", 1e-3)]` -> `{"solver": {"tol": 1e-3}}`."""
+    out: dict = {}
+    for key, value in pairs:
+        *parents, last = key.split(".")
+        node = out
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = value
+    return out
+
+
+def _flat(d: Mapping, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in d.items():
+        out += _flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else [(f"{prefix}{k}", v)]
+    return out
+
+
+def with_overrides(cfg: Mapping | ml_collections.ConfigDict, overrides: Mapping) -> ml_collections.ConfigDict:
+    """A copy of `cfg` with nested-dict `overrides` applied (`{"solver": {"tol": 1e-3}}` sets
+    `solver.tol`); the keyword form of `apply_overrides`, as `load_pretrained(**overrides)` takes it."""
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        cfg = ml_collections.ConfigDict(_tuples(dict(cfg)))
+    return apply_overrides(cfg, _flat(overrides))
+
+
+def model_config_from(saved: Mapping) -> ml_collections.ConfigDict:
+    """A full model config from a saved (possibly partial, JSON-decoded) one: defaults from its
+    variant, obsolete keys dropped."""
+    saved = {k: v for k, v in saved.items() if k not in OBSOLETE_MODEL_KEYS}
+    return with_overrides(model_config(saved.get("variant", "official")), saved)
+
+
+def _tuples(d: dict) -> dict:
+    # JSON turns tuples into lists; ConfigDict refuses list -> tuple type changes.
+    return {k: (_tuples(v) if isinstance(v, dict) else tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+
+
+def describe(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every leaf field of `cfg` as (dotted key, value), in definition order."""
+    out = []
+    for k, v in cfg.items():
+        out += describe(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict) else [(f"{prefix}{k}", v)]
+    return out

@@ -1,0 +1,1 @@
+"""Command-line tools and measurements built on the library (the library never imports them)."""

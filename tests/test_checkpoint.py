@@ -1,0 +1,26 @@
+"""minet_jax.checkpoint: a saved model loads back identical, and bad paths fail clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from minet_jax import MINet, dehaze, load_pretrained, model_config, save_model
+
+
+def test_checkpoint_round_trip(tmp_path):
+    cfg = model_config("paper")
+    cfg.T, cfg.eta = 3, 0.7
+    m = MINet(cfg, rngs=nnx.Rngs(5))
+    save_model(m, tmp_path / "ck")
+    m2 = load_pretrained(tmp_path / "ck")
+    assert m2.config == m.config
+    x = np.random.default_rng(0).random((8, 10, 3)).astype(np.float32)
+    np.testing.assert_array_equal(dehaze(m, x, clip=False), dehaze(m2, x, clip=False))
+    with pytest.raises(FileExistsError):
+        save_model(m, tmp_path / "ck")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_pretrained(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="not a minet-jax checkpoint"):
+        load_pretrained(tmp_path)
