@@ -4,6 +4,7 @@ tiny synthetic data set and its training config, and a 16-bit PNG writer."""
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -117,3 +118,79 @@ def _write_png16(path: Path, arr: np.ndarray) -> None:
         + chunk(b"IDAT", zlib.compress(b"".join(rows)))
         + chunk(b"IEND", b"")
     )
+
+
+@pytest.fixture
+def no_tensorflow_no_home_cache(monkeypatch, tmp_path):
+    """Data code under test writes its caches under tmp_path, never ~/.cache, and never imports
+    TensorFlow (use with `pytestmark = pytest.mark.usefixtures("no_tensorflow_no_home_cache")`)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    yield
+    assert "tensorflow" not in sys.modules, "building or reading data imported TensorFlow"
+
+
+@pytest.fixture(scope="session")
+def smooth_rgb():
+    """`smooth_rgb(seed, h=12, w=16)`: a smooth random uint8 colour image (blurry blobs), distinct per seed."""
+    from PIL import Image
+
+    def make(seed: int, h: int = 12, w: int = 16) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        coarse = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)
+        return np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def write_image():
+    """`write_image(path, rgb)`: a JPEG (quality 90) or PNG by suffix, parent folders made; returns path."""
+    from PIL import Image
+
+    from minet_jax.image_io import write_png
+
+    def write(path: Path, rgb: np.ndarray) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".jpg":
+            Image.fromarray(rgb).save(path, quality=90)
+        else:
+            write_png(path, rgb)
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def complex_pair_matrix():
+    """`complex_pair_matrix(n=200, seed=0, nonnormal=0.0)` -> (float32 matrix, its exact eigenvalues),
+    dominant eigenvalue the pair exp(+-1.1 i), the others of modulus <= 0.8."""
+    return _complex_pair_matrix
+
+
+def rotation_scaling(r: float, theta: float) -> np.ndarray:
+    return r * np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+
+
+def _complex_pair_matrix(n: int = 200, seed: int = 0, nonnormal: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Q (B + N) Q^T with B block diagonal (2x2 rotation-scalings, then reals), dominant eigenvalue
+    the pair exp(+-1.1 i), all others of modulus <= 0.8; N strictly above the 2x2 blocks (so the
+    eigenvalues stay those of B). Returns the float32 matrix and its exact eigenvalues."""
+    rng = np.random.default_rng(seed)
+    b = np.zeros((n, n))
+    b[:2, :2] = rotation_scaling(1.0, 1.1)
+    ev = [np.exp(1.1j), np.exp(-1.1j)]
+    i = 2
+    while i + 2 <= n - 20:
+        r, t = rng.uniform(0.0, 0.8), rng.uniform(0.1, 3.0)
+        b[i : i + 2, i : i + 2] = rotation_scaling(r, t)
+        ev += [r * np.exp(1j * t), r * np.exp(-1j * t)]
+        i += 2
+    for j in range(i, n):
+        b[j, j] = rng.uniform(-0.8, 0.8)
+        ev.append(b[j, j])
+    mask = np.ones((n, n), bool)
+    for k in range(0, i, 2):
+        mask[k : k + 2, k : k + 2] = False
+    b += nonnormal * np.triu(rng.normal(size=(n, n)), 1) * mask
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    return (q @ b @ q.T).astype(np.float32), np.asarray(ev)

@@ -1,9 +1,7 @@
 """minet_jax.datasets: the TFDS folder builders and the perceptual hash."""
 
 import io
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,31 +9,11 @@ from PIL import Image
 
 from minet_jax import datasets
 from minet_jax.datasets import OverlapWarning, PairError, build_dataset
-from minet_jax.image_io import ImageReadError, decode_rgb, read_rgb, write_png
+from minet_jax.image_io import ImageReadError, decode_rgb, read_rgb
 from minet_jax.layouts import LayoutError
 
 
-@pytest.fixture(autouse=True)
-def _no_tensorflow_no_home_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # never write to ~/.cache
-    yield
-    assert "tensorflow" not in sys.modules, "building or reading data imported TensorFlow"
-
-
-def _rgb(seed: int, h: int = 12, w: int = 16) -> np.ndarray:
-    """Smooth random colour image (blurry blobs), distinct per seed."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC))
-
-
-def _write(path: Path, rgb: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".jpg":
-        Image.fromarray(rgb).save(path, quality=90)
-    else:
-        write_png(path, rgb)
-    return path
+pytestmark = pytest.mark.usefixtures("no_tensorflow_no_home_cache")
 
 
 def _examples(builder, split: str) -> list[dict]:
@@ -49,13 +27,13 @@ def _text(v) -> str:
 # ----------------------------------------------------------------------------- builders
 
 
-def test_its_builder_reads_pairs_in_natural_order(tmp_path):
+def test_its_builder_reads_pairs_in_natural_order(tmp_path, smooth_rgb, write_image):
     src = tmp_path / "ITS"
-    clear = {i: _write(src / "clear" / f"{i}.png", _rgb(i)) for i in (2, 10)}
+    clear = {i: write_image(src / "clear" / f"{i}.png", smooth_rgb(i)) for i in (2, 10)}
     hazy = {
-        "10_1_0.74": _write(src / "hazy" / "10_1_0.74.png", _rgb(100)),
-        "2_10_0.9": _write(src / "hazy" / "2_10_0.9.png", _rgb(101)),
-        "2_2_0.8": _write(src / "hazy" / "2_2_0.8.png", _rgb(102)),
+        "10_1_0.74": write_image(src / "hazy" / "10_1_0.74.png", smooth_rgb(100)),
+        "2_10_0.9": write_image(src / "hazy" / "2_10_0.9.png", smooth_rgb(101)),
+        "2_2_0.8": write_image(src / "hazy" / "2_2_0.8.png", smooth_rgb(102)),
     }
     with pytest.warns(OverlapWarning, match="sots_dir"):
         builder = build_dataset("reside_its", src, tmp_path / "tfds")
@@ -71,69 +49,69 @@ def test_its_builder_reads_pairs_in_natural_order(tmp_path):
     assert ex[0]["hazy"] == hazy["2_2_0.8"].read_bytes()  # stored as the file's bytes
 
 
-def test_ots_builder_keeps_jpeg_bytes(tmp_path):
+def test_ots_builder_keeps_jpeg_bytes(tmp_path, smooth_rgb, write_image):
     src = tmp_path / "OTS"
-    _write(src / "clear" / "0001.jpg", _rgb(1))
-    h1 = _write(src / "hazy" / "0001_0.8_0.2.jpg", _rgb(2))
-    _write(src / "hazy" / "0001_1_0.04.jpg", _rgb(3))
+    write_image(src / "clear" / "0001.jpg", smooth_rgb(1))
+    h1 = write_image(src / "hazy" / "0001_0.8_0.2.jpg", smooth_rgb(2))
+    write_image(src / "hazy" / "0001_1_0.04.jpg", smooth_rgb(3))
     ex = _examples(build_dataset("reside_ots", src, tmp_path / "tfds"), "train")
     assert [_text(e["name"]) for e in ex] == ["0001_0.8_0.2", "0001_1_0.04"]
     assert ex[0]["hazy"] == h1.read_bytes()
     assert np.array_equal(decode_rgb(ex[0]["hazy"]), read_rgb(h1))
 
 
-def test_sots_builder_finds_indoor_and_crops_larger_ground_truth(tmp_path):
+def test_sots_builder_finds_indoor_and_crops_larger_ground_truth(tmp_path, smooth_rgb, write_image):
     src = tmp_path / "SOTS" / "indoor"  # the builder is given the SOTS folder, holding indoor/
-    gt_big = _rgb(7, 32, 36)  # 20 + 12 rows, 20 + 16 columns: 10 px borders like 640x480 vs 620x460
-    _write(src / "GT" / "1400.png", gt_big)
-    _write(src / "GT" / "1401.png", _rgb(8))
-    _write(src / "hazy" / "1400_1.png", _rgb(9))
-    _write(src / "hazy" / "1401_1.png", _rgb(10))
+    gt_big = smooth_rgb(7, 32, 36)  # 20 + 12 rows, 20 + 16 columns: 10 px borders like 640x480 vs 620x460
+    write_image(src / "GT" / "1400.png", gt_big)
+    write_image(src / "GT" / "1401.png", smooth_rgb(8))
+    write_image(src / "hazy" / "1400_1.png", smooth_rgb(9))
+    write_image(src / "hazy" / "1401_1.png", smooth_rgb(10))
     builder = build_dataset("sots_indoor", tmp_path / "SOTS", tmp_path / "tfds")
     assert list(builder.info.splits) == ["test"]
     ex = _examples(builder, "test")
     assert [_text(e["name"]) for e in ex] == ["1400_1", "1401_1"]
     assert np.array_equal(decode_rgb(ex[0]["clear"]), gt_big[10:22, 10:26])
-    assert np.array_equal(decode_rgb(ex[1]["clear"]), _rgb(8))
+    assert np.array_equal(decode_rgb(ex[1]["clear"]), smooth_rgb(8))
 
     # beyond the tolerated border: an error naming the file
-    _write(tmp_path / "S2" / "gt" / "1.png", _rgb(1, 40, 16))
-    _write(tmp_path / "S2" / "hazy" / "1_1.png", _rgb(2))
+    write_image(tmp_path / "S2" / "gt" / "1.png", smooth_rgb(1, 40, 16))
+    write_image(tmp_path / "S2" / "hazy" / "1_1.png", smooth_rgb(2))
     with pytest.raises(PairError, match=r"1_1\.png.*12x16.*40x16"):
         build_dataset("sots_indoor", tmp_path / "S2", tmp_path / "tfds")
 
 
-def test_paired_builder_same_names_with_train_and_val_folders(tmp_path):
+def test_paired_builder_same_names_with_train_and_val_folders(tmp_path, smooth_rgb, write_image):
     src = tmp_path / "mine"
     for split, names in (("train", ["a", "b", "c"]), ("val", ["d"])):
         for k, n in enumerate(names):
-            _write(src / split / "clear" / f"{n}.png", _rgb(k))
-            _write(src / split / "hazy" / f"{n}.png", _rgb(k + 50))
+            write_image(src / split / "clear" / f"{n}.png", smooth_rgb(k))
+            write_image(src / split / "hazy" / f"{n}.png", smooth_rgb(k + 50))
     builder = build_dataset("paired", src, tmp_path / "tfds")
     assert builder.info.splits["train"].num_examples == 3
     assert builder.info.splits["validation"].num_examples == 1
     assert [_text(e["name"]) for e in _examples(builder, "validation")] == ["d"]
     # built once: the same folder is reused, a changed folder is rebuilt
     assert build_dataset("paired", src, tmp_path / "tfds").data_dir == builder.data_dir
-    _write(src / "train" / "clear" / "e.png", _rgb(5))
-    _write(src / "train" / "hazy" / "e.png", _rgb(6))
+    write_image(src / "train" / "clear" / "e.png", smooth_rgb(5))
+    write_image(src / "train" / "hazy" / "e.png", smooth_rgb(6))
     rebuilt = build_dataset("paired", src, tmp_path / "tfds")
     assert rebuilt.data_dir != builder.data_dir and rebuilt.info.splits["train"].num_examples == 4
 
 
 @pytest.mark.parametrize("problem", ["missing partner", "unreadable", "size mismatch", "no clear folder"])
-def test_builder_errors_name_the_file(tmp_path, problem):
+def test_builder_errors_name_the_file(tmp_path, problem, smooth_rgb, write_image):
     src = tmp_path / "bad"
-    _write(src / "clear" / "1.png", _rgb(1))
-    _write(src / "hazy" / "1_1.png", _rgb(2))
+    write_image(src / "clear" / "1.png", smooth_rgb(1))
+    write_image(src / "hazy" / "1_1.png", smooth_rgb(2))
     if problem == "missing partner":
-        _write(src / "hazy" / "2_1.png", _rgb(3))
+        write_image(src / "hazy" / "2_1.png", smooth_rgb(3))
         expected, match = LayoutError, r"2_1\.png"
     elif problem == "unreadable":
         (src / "hazy" / "1_2.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
         expected, match = ImageReadError, r"1_2\.png"
     elif problem == "size mismatch":
-        _write(src / "hazy" / "1_3.png", _rgb(4, 12, 18))
+        write_image(src / "hazy" / "1_3.png", smooth_rgb(4, 12, 18))
         expected, match = PairError, r"1_3\.png.*12x18.*1\.png.*12x16"
     else:
         (src / "clear" / "1.png").unlink()
@@ -144,19 +122,19 @@ def test_builder_errors_name_the_file(tmp_path, problem):
     assert isinstance(info.value, ValueError)
 
 
-def test_its_scenes_shared_with_sots_are_left_out(tmp_path):
+def test_its_scenes_shared_with_sots_are_left_out(tmp_path, smooth_rgb, write_image):
     its, sots = tmp_path / "ITS", tmp_path / "SOTS"
     for i in (1, 2, 3):
-        _write(its / "clear" / f"{i}.png", _rgb(i, 40, 60))
+        write_image(its / "clear" / f"{i}.png", smooth_rgb(i, 40, 60))
         for k in (1, 2):
-            _write(its / "hazy" / f"{i}_{k}_0.8.png", _rgb(10 * i + k, 40, 60))
-    _write(sots / "gt" / "7.png", _rgb(2, 40, 60))  # an exact copy of ITS scene 2
+            write_image(its / "hazy" / f"{i}_{k}_0.8.png", smooth_rgb(10 * i + k, 40, 60))
+    write_image(sots / "gt" / "7.png", smooth_rgb(2, 40, 60))  # an exact copy of ITS scene 2
     big = np.zeros((48, 68, 3), np.uint8)
-    big[4:44, 4:64] = _rgb(3, 40, 60)  # ITS scene 3 with a 4 px border, as SOTS GT is larger than ITS
-    _write(sots / "gt" / "8.png", big)
-    _write(sots / "gt" / "9.png", _rgb(99, 40, 60))
+    big[4:44, 4:64] = smooth_rgb(3, 40, 60)  # ITS scene 3 with a 4 px border, as SOTS GT is larger than ITS
+    write_image(sots / "gt" / "8.png", big)
+    write_image(sots / "gt" / "9.png", smooth_rgb(99, 40, 60))
     for i in (7, 8, 9):
-        _write(sots / "hazy" / f"{i}_1.png", _rgb(200 + i, 40, 60))
+        write_image(sots / "hazy" / f"{i}_1.png", smooth_rgb(200 + i, 40, 60))
 
     with pytest.warns(OverlapWarning, match=r"leaving out 2 ITS scene\(s\).*2\.png \(~ 7\.png\).*3\.png \(~ 8\.png\)"):
         builder = build_dataset("reside_its", its, tmp_path / "tfds", sots_dir=sots)

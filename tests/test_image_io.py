@@ -1,8 +1,6 @@
 """minet_jax.image_io: reading every common image flavour as 8-bit RGB, writing PNGs, to_uint8."""
 
 import functools
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,29 +22,6 @@ def _quarter_size(name: str) -> np.ndarray:
 
 def natural_rgb(name: str = "astronaut", shape=(64, 80), offset=0) -> np.ndarray:
     return _quarter_size(name)[offset : offset + shape[0], offset : offset + shape[1]].copy()
-
-
-def _rgb(seed: int, h: int = 12, w: int = 16) -> np.ndarray:
-    """Smooth random colour image (blurry blobs), distinct per seed."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC))
-
-
-def _write(path: Path, rgb: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".jpg":
-        Image.fromarray(rgb).save(path, quality=90)
-    else:
-        write_png(path, rgb)
-    return path
-
-
-@pytest.fixture
-def _no_tensorflow_no_home_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # never write to ~/.cache
-    yield
-    assert "tensorflow" not in sys.modules, "building or reading data imported TensorFlow"
 
 
 # ----------------------------------------------------------------------------- read_rgb, write_png, to_uint8
@@ -166,11 +141,11 @@ def test_write_png_and_to_uint8(tmp_path):
 # ----------------------------------------------------------------------------- decode_rgb
 
 
-@pytest.mark.usefixtures("_no_tensorflow_no_home_cache")
-def test_decode_rgb_matches_read_rgb(tmp_path, write_png16):
+@pytest.mark.usefixtures("no_tensorflow_no_home_cache")
+def test_decode_rgb_matches_read_rgb(tmp_path, write_png16, smooth_rgb, write_image):
     a16 = np.random.default_rng(0).integers(0, 65536, (5, 7, 3)).astype(np.uint16)
     write_png16(tmp_path / "x16.png", a16)
-    for p in (tmp_path / "x16.png", _write(tmp_path / "x.jpg", _rgb(3))):
+    for p in (tmp_path / "x16.png", write_image(tmp_path / "x.jpg", smooth_rgb(3))):
         assert np.array_equal(decode_rgb(p.read_bytes()), read_rgb(p))
     with pytest.raises(ImageReadError, match="thing"):
         decode_rgb(b"not an image", "thing")

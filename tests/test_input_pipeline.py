@@ -1,40 +1,18 @@
 """minet_jax.input_pipeline: the grain training pipeline and the validation images."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from minet_jax import input_pipeline, synthetic
 from minet_jax.config import data_config
-from minet_jax.image_io import read_rgb, write_png
+from minet_jax.image_io import read_rgb
 
 SMALL = {"hazy_per_clear": 2, "val_hazy_per_clear": 2, "size": 48, "val_size": (24, 32)}
 
 
-@pytest.fixture(autouse=True)
-def _no_tensorflow_no_home_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # never write to ~/.cache
-    yield
-    assert "tensorflow" not in sys.modules, "building or reading data imported TensorFlow"
-
-
-def _rgb(seed: int, h: int = 12, w: int = 16) -> np.ndarray:
-    """Smooth random colour image (blurry blobs), distinct per seed."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC))
-
-
-def _write(path: Path, rgb: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".jpg":
-        Image.fromarray(rgb).save(path, quality=90)
-    else:
-        write_png(path, rgb)
-    return path
+pytestmark = pytest.mark.usefixtures("no_tensorflow_no_home_cache")
 
 
 # ----------------------------------------------------------------------------- grain pipeline
@@ -84,11 +62,11 @@ def test_each_epoch_is_a_fresh_permutation(syn_cfg):
     assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
 
 
-def test_crop_and_flip(tmp_path):
+def test_crop_and_flip(tmp_path, write_image):
     yy, xx = np.mgrid[0:10, 0:12]
     hazy = np.stack([xx * 20, yy * 20, np.full_like(xx, 7)], axis=-1).astype(np.uint8)  # encodes position
-    _write(tmp_path / "pos" / "hazy" / "p.png", hazy)
-    _write(tmp_path / "pos" / "clear" / "p.png", 255 - hazy)
+    write_image(tmp_path / "pos" / "hazy" / "p.png", hazy)
+    write_image(tmp_path / "pos" / "clear" / "p.png", 255 - hazy)
     cfg = data_config()
     cfg.name, cfg.manual_dir, cfg.data_dir = "paired", str(tmp_path / "pos"), str(tmp_path / "tfds")
     cfg.crop_size = 4
@@ -111,11 +89,11 @@ def test_crop_and_flip(tmp_path):
     assert np.array_equal(np.round(b["hazy"] * 255).astype(np.uint8), np.stack([hazy, hazy]))
 
 
-def test_whole_images_of_different_sizes_cannot_share_a_batch(tmp_path):
-    _write(tmp_path / "d" / "hazy" / "a.png", _rgb(1, 8, 8))
-    _write(tmp_path / "d" / "clear" / "a.png", _rgb(2, 8, 8))
-    _write(tmp_path / "d" / "hazy" / "b.png", _rgb(3, 8, 10))
-    _write(tmp_path / "d" / "clear" / "b.png", _rgb(4, 8, 10))
+def test_whole_images_of_different_sizes_cannot_share_a_batch(tmp_path, smooth_rgb, write_image):
+    write_image(tmp_path / "d" / "hazy" / "a.png", smooth_rgb(1, 8, 8))
+    write_image(tmp_path / "d" / "clear" / "a.png", smooth_rgb(2, 8, 8))
+    write_image(tmp_path / "d" / "hazy" / "b.png", smooth_rgb(3, 8, 10))
+    write_image(tmp_path / "d" / "clear" / "b.png", smooth_rgb(4, 8, 10))
     cfg = data_config()
     cfg.name, cfg.manual_dir, cfg.data_dir, cfg.crop_size = "paired", str(tmp_path / "d"), str(tmp_path / "tfds"), 0
     with pytest.raises(ValueError, match="share a size"):

@@ -11,37 +11,8 @@ import pytest
 from minet_jax import linalg
 
 
-def rotation_scaling(r: float, theta: float) -> np.ndarray:
-    return r * np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-
-
-def complex_pair_matrix(n: int = 200, seed: int = 0, nonnormal: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Q (B + N) Q^T with B block diagonal (2x2 rotation-scalings, then reals), dominant eigenvalue
-    the pair exp(+-1.1 i), all others of modulus <= 0.8; N strictly above the 2x2 blocks (so the
-    eigenvalues stay those of B). Returns the float32 matrix and its exact eigenvalues."""
-    rng = np.random.default_rng(seed)
-    b = np.zeros((n, n))
-    b[:2, :2] = rotation_scaling(1.0, 1.1)
-    ev = [np.exp(1.1j), np.exp(-1.1j)]
-    i = 2
-    while i + 2 <= n - 20:
-        r, t = rng.uniform(0.0, 0.8), rng.uniform(0.1, 3.0)
-        b[i : i + 2, i : i + 2] = rotation_scaling(r, t)
-        ev += [r * np.exp(1j * t), r * np.exp(-1j * t)]
-        i += 2
-    for j in range(i, n):
-        b[j, j] = rng.uniform(-0.8, 0.8)
-        ev.append(b[j, j])
-    mask = np.ones((n, n), bool)
-    for k in range(0, i, 2):
-        mask[k : k + 2, k : k + 2] = False
-    b += nonnormal * np.triu(rng.normal(size=(n, n)), 1) * mask
-    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
-    return (q @ b @ q.T).astype(np.float32), np.asarray(ev)
-
-
 @pytest.mark.parametrize("nonnormal", [0.0, 0.1])
-def test_arnoldi_on_a_matrix_finds_its_dominant_complex_pair(nonnormal):
+def test_arnoldi_on_a_matrix_finds_its_dominant_complex_pair(nonnormal, complex_pair_matrix):
     a, _ = complex_pair_matrix(nonnormal=nonnormal)
     ref = np.linalg.eigvals(a.astype(np.float64))
     v0 = np.random.default_rng(3).normal(size=a.shape[0]).astype(np.float32)
@@ -72,7 +43,11 @@ def test_arnoldi_on_invariant_subspace_and_small_n():
 
 def test_matrix_spectral_radius():
     rng = np.random.default_rng(4)
-    for m in [rng.normal(size=(12, 12)), rotation_scaling(0.7, 2.0), np.triu(rng.normal(size=(6, 6)), 1)]:
+    for m in [
+        rng.normal(size=(12, 12)),
+        0.7 * np.array([[np.cos(2.0), -np.sin(2.0)], [np.sin(2.0), np.cos(2.0)]]),
+        np.triu(rng.normal(size=(6, 6)), 1),
+    ]:
         ref = np.max(np.abs(np.linalg.eigvals(m)))
         got = float(linalg.matrix_spectral_radius(jnp.asarray(m, jnp.float32)))
         assert got == pytest.approx(ref, rel=1e-3, abs=1e-6)

@@ -1,40 +1,16 @@
 """minet_jax.synthetic: the embedded synthetic haze set."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from minet_jax import synthetic
-from minet_jax.image_io import read_rgb, write_png
+from minet_jax.image_io import read_rgb
 from minet_jax.layouts import find_pairs
 
 SMALL = {"hazy_per_clear": 2, "val_hazy_per_clear": 2, "size": 48, "val_size": (24, 32)}
 
 
-@pytest.fixture(autouse=True)
-def _no_tensorflow_no_home_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # never write to ~/.cache
-    yield
-    assert "tensorflow" not in sys.modules, "building or reading data imported TensorFlow"
-
-
-def _rgb(seed: int, h: int = 12, w: int = 16) -> np.ndarray:
-    """Smooth random colour image (blurry blobs), distinct per seed."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC))
-
-
-def _write(path: Path, rgb: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".jpg":
-        Image.fromarray(rgb).save(path, quality=90)
-    else:
-        write_png(path, rgb)
-    return path
+pytestmark = pytest.mark.usefixtures("no_tensorflow_no_home_cache")
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -45,7 +21,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- synthetic haze
 
 
-def test_synthetic_is_deterministic_and_reused(tmp_path):
+def test_synthetic_is_deterministic_and_reused(tmp_path, smooth_rgb, write_image):
     a = synthetic.make_synthetic_haze(tmp_path / "a", seed=0, **SMALL)
     b = synthetic.make_synthetic_haze(tmp_path / "b", seed=0, **SMALL)
     c = synthetic.make_synthetic_haze(tmp_path / "c", seed=1, **SMALL)
@@ -68,7 +44,7 @@ def test_synthetic_is_deterministic_and_reused(tmp_path):
     synthetic.make_synthetic_haze(tmp_path / "a", seed=0, **{**SMALL, "hazy_per_clear": 1})
     assert (a / "train" / "hazy" / "coffee_1.png").is_file()
     # a folder of someone else's is left alone
-    _write(tmp_path / "mine" / "photo.png", _rgb(0))
+    write_image(tmp_path / "mine" / "photo.png", smooth_rgb(0))
     with pytest.raises(FileExistsError, match="mine"):
         synthetic.make_synthetic_haze(tmp_path / "mine")
 

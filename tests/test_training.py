@@ -24,9 +24,24 @@ def _batch(seed: int = 0, size: int = 16) -> dict:
 
 
 def _step(cfg):
+    """(graphdef, step-0 state, the train step compiled on first call at XLA optimisation level 0,
+    which compiles several times faster on CPU and computes the same values)."""
     tx = training.make_optimizer(cfg)
     graphdef, state = training.init_state(build_model(cfg.model, seed=cfg.seed), tx)
-    return graphdef, state, training.make_train_step(graphdef, tx, cfg.loss, cfg.stability)
+    jitted, compiled = training.make_train_step(graphdef, tx, cfg.loss, cfg.stability), []
+
+    def step(state, batch):
+        if not compiled:
+            compiled.append(jitted.lower(state, batch).compile({"xla_backend_optimization_level": 0}))
+        return compiled[0](state, batch)
+
+    return graphdef, state, step
+
+
+@pytest.fixture(scope="module")
+def plain():
+    """(graphdef, state, jitted step) of the tiny test config: compiled once for the module."""
+    return _step(_cfg())
 
 
 def test_step_decay_schedule():
@@ -49,8 +64,8 @@ def test_losses():
         training.loss_value("ssim", out, clear)
 
 
-def test_train_step_moves_parameters_and_reports_solver_statistics():
-    graphdef, state, step = _step(_cfg())
+def test_train_step_moves_parameters_and_reports_solver_statistics(plain):
+    graphdef, state, step = plain
     new, metrics = step(state, _batch())
     assert int(new.step) == 1 and bool(new.last_good)
     moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params))]
@@ -69,18 +84,18 @@ def test_implicit_backward_reports_its_adjoint_solve():
         assert 0 <= float(metrics[f"solver/block{i}_backward_residual"]) < 1e-4
 
 
-def test_stability_regulariser_enters_loss_and_gradient():
-    _, state, plain = _step(_cfg())
+def test_stability_regulariser_enters_loss_and_gradient(plain):
+    _, state, plain_step = plain
     _, _, regularised = _step(_cfg("stability.weight=10.0"))
-    a, m_a = plain(state, _batch())
+    a, m_a = plain_step(state, _batch())
     b, m_b = regularised(state, _batch())
     assert float(m_a["stability/penalty"]) == 0.0 < float(m_b["stability/penalty"])
     assert float(m_a["loss"]) == pytest.approx(float(m_b["loss"]), rel=1e-6)  # the data term alone
     assert float(m_a["grad_norm"]) != pytest.approx(float(m_b["grad_norm"]), rel=1e-6)
 
 
-def test_non_finite_batch_leaves_the_state_and_clears_last_good():
-    _, state, step = _step(_cfg())
+def test_non_finite_batch_leaves_the_state_and_clears_last_good(plain):
+    _, state, step = plain
     bad = _batch()
     bad["hazy"] = bad["hazy"].at[0, 0, 0, 0].set(jnp.nan)
     new, _ = step(state, bad)
@@ -89,9 +104,8 @@ def test_non_finite_batch_leaves_the_state_and_clears_last_good():
         np.testing.assert_array_equal(a, b)
 
 
-def test_validate_and_input_quality_use_uint8_metrics():
-    cfg = _cfg()
-    graphdef, state, _ = _step(cfg)
+def test_validate_and_input_quality_use_uint8_metrics(plain):
+    graphdef, state, _ = plain
     rng = np.random.default_rng(1)
     images = [{"hazy": rng.uniform(size=(16, 20, 3)).astype(np.float32),
                "clear": rng.uniform(size=(16, 20, 3)).astype(np.float32)} for _ in range(2)]  # fmt: skip

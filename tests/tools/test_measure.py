@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from minet_jax import training
 from minet_jax.config import apply_overrides, load_config
 from minet_jax.model import MINet
 from minet_jax.tools import measure
@@ -57,15 +58,16 @@ def test_peak_rss_grows_with_an_allocation():
 
 def test_compiled_train_step_includes_the_stability_regulariser():
     """compile_train_step builds the step from the whole training config: with stability.weight > 0
-    the regulariser is in the step (its penalty is reported, its Jacobian-vector work is counted)."""
+    the regulariser is in the compiled step (its penalty is reported) and in the function whose
+    FLOPs are counted (more convolutions than the same step without it)."""
     batch = measure.synthetic_batch(2, 16)
-    counts = {}
-    for weight in (0.0, 1.0):
-        cfg = apply_overrides(load_config("test"), ["model.channels=4", f"stability.weight={weight}"])
-        params = nnx.state(MINet(cfg.model, rngs=nnx.Rngs(cfg.seed)), nnx.Param)
-        step = measure.compile_train_step(cfg, params, batch)
-        _, metrics = step.compiled(step.state, batch)
-        assert (float(metrics["stability/penalty"]) > 0) == (weight > 0)
-        counts[weight] = measure.conv_flops(jax.make_jaxpr(step.step_fn)(step.state, batch).jaxpr)[0]
-        assert step.compile_s > 0 and measure.xla_peak(measure.memory_fields(step.compiled)) > 0
-    assert counts[1.0] > counts[0.0]
+    cfg = apply_overrides(load_config("test"), ["model.channels=4", "model.T=1", "stability.weight=1.0"])
+    params = nnx.state(MINet(cfg.model, rngs=nnx.Rngs(cfg.seed)), nnx.Param)
+    # Optimisation level 0 compiles several times faster; values and the analyses stay valid.
+    step = measure.compile_train_step(cfg, params, batch, {"xla_backend_optimization_level": 0})
+    _, metrics = step.compiled(step.state, batch)
+    assert float(metrics["stability/penalty"]) > 0
+    assert step.compile_s > 0 and measure.xla_peak(measure.memory_fields(step.compiled)) > 0
+    without = training.make_train_step(step.graphdef, training.make_optimizer(cfg), cfg.loss, None)
+    counted = measure.conv_flops(jax.make_jaxpr(step.step_fn)(step.state, batch).jaxpr)[0]
+    assert counted > measure.conv_flops(jax.make_jaxpr(without)(step.state, batch).jaxpr)[0]
