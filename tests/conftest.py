@@ -194,3 +194,23 @@ def _complex_pair_matrix(n: int = 200, seed: int = 0, nonnormal: float = 0.0) ->
     b += nonnormal * np.triu(rng.normal(size=(n, n)), 1) * mask
     q, _ = np.linalg.qr(rng.normal(size=(n, n)))
     return (q @ b @ q.T).astype(np.float32), np.asarray(ev)
+
+
+@pytest.fixture(scope="session")
+def natural_rgb():
+    """`natural_rgb(name="astronaut", shape=(64, 80), offset=0)`: a crop of a scikit-image sample
+    photo at quarter size, uint8 RGB."""
+    import functools
+
+    from skimage import data, transform
+
+    @functools.cache
+    def quarter(name: str) -> np.ndarray:
+        img = getattr(data, name)()
+        small = transform.resize(img, (img.shape[0] // 4, img.shape[1] // 4), anti_aliasing=True, preserve_range=True)
+        return np.round(small).astype(np.uint8)
+
+    def crop(name: str = "astronaut", shape=(64, 80), offset=0) -> np.ndarray:
+        return quarter(name)[offset : offset + shape[0], offset : offset + shape[1]].copy()
+
+    return crop

@@ -1,7 +1,6 @@
 """evaluate.py: the evaluation pipeline and its CLI (with oracle predictors, no model)."""
 
 import csv
-import functools
 import io
 import json
 import math
@@ -9,7 +8,6 @@ import math
 import numpy as np
 import pytest
 from PIL import Image
-from skimage import data, transform
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import evaluate as ev
@@ -18,16 +16,6 @@ from minet_jax.layouts import find_pairs
 
 # ----------------------------------------------------------------------------- helpers
 
-
-@functools.cache
-def _quarter_size(name: str) -> np.ndarray:
-    img = getattr(data, name)()
-    small = transform.resize(img, (img.shape[0] // 4, img.shape[1] // 4), anti_aliasing=True, preserve_range=True)
-    return np.round(small).astype(np.uint8)
-
-
-def natural_rgb(name: str = "astronaut", shape=(64, 80), offset=0) -> np.ndarray:
-    return _quarter_size(name)[offset : offset + shape[0], offset : offset + shape[1]].copy()
 
 
 def sk_ssim(a, b):
@@ -44,7 +32,7 @@ def add_haze(clear: np.ndarray, t: float) -> np.ndarray:
 
 
 @pytest.fixture
-def dataset(tmp_path):
+def dataset(tmp_path, natural_rgb):
     """Three clear images, two hazy versions each; returns (root, {hazy bytes: clear array})."""
     root = tmp_path / "data"
     (root / "hazy").mkdir(parents=True)
@@ -171,7 +159,7 @@ def test_corrupted_files_are_skipped_and_listed(dataset, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["failed"] == m["failed"]
 
 
-def test_larger_clear_is_centre_cropped_other_mismatches_fail(tmp_path):
+def test_larger_clear_is_centre_cropped_other_mismatches_fail(tmp_path, natural_rgb):
     root = tmp_path / "data"
     big = natural_rgb(shape=(84, 100))
     clear_inner = big[10:-10, 10:-10]
@@ -192,7 +180,7 @@ def test_larger_clear_is_centre_cropped_other_mismatches_fail(tmp_path):
     assert "size mismatch" in m["failed"][0]["error"]
 
 
-def test_no_ground_truth(tmp_path):
+def test_no_ground_truth(tmp_path, natural_rgb):
     (tmp_path / "imgs").mkdir()
     Image.fromarray(natural_rgb()).save(tmp_path / "imgs" / "a.png")
     m = ev.evaluate(lambda x: x / 255.0, find_pairs(tmp_path / "imgs"), tmp_path / "out", progress=False)

@@ -1,27 +1,15 @@
 """minet_jax.image_io: reading every common image flavour as 8-bit RGB, writing PNGs, to_uint8."""
 
-import functools
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
-from skimage import data, transform
 from skimage.metrics import peak_signal_noise_ratio
 
 from minet_jax.image_io import ImageReadError, decode_rgb, read_rgb, to_uint8, write_png
 
 # ----------------------------------------------------------------------------- helpers
 
-
-@functools.cache
-def _quarter_size(name: str) -> np.ndarray:
-    img = getattr(data, name)()
-    small = transform.resize(img, (img.shape[0] // 4, img.shape[1] // 4), anti_aliasing=True, preserve_range=True)
-    return np.round(small).astype(np.uint8)
-
-
-def natural_rgb(name: str = "astronaut", shape=(64, 80), offset=0) -> np.ndarray:
-    return _quarter_size(name)[offset : offset + shape[0], offset : offset + shape[1]].copy()
 
 
 # ----------------------------------------------------------------------------- read_rgb, write_png, to_uint8
@@ -99,7 +87,7 @@ def test_read_rgb_16bit(tmp_path, write_png16):
     np.testing.assert_array_equal(read_rgb(tmp_path / "ga16.png"), np.stack([expected_gray] * 3, -1))
 
 
-def test_read_rgb_jpeg(tmp_path):
+def test_read_rgb_jpeg(tmp_path, natural_rgb):
     rgb = natural_rgb()
     Image.fromarray(rgb).save(tmp_path / "x.JPG", quality=95)
     out = read_rgb(tmp_path / "x.JPG")
@@ -107,7 +95,7 @@ def test_read_rgb_jpeg(tmp_path):
     assert peak_signal_noise_ratio(rgb, out, data_range=255) > 30
 
 
-def test_read_rgb_errors_name_the_file(tmp_path):
+def test_read_rgb_errors_name_the_file(tmp_path, natural_rgb):
     good = tmp_path / "good.png"
     Image.fromarray(natural_rgb()).save(good)
     blob = good.read_bytes()
@@ -125,7 +113,7 @@ def test_read_rgb_errors_name_the_file(tmp_path):
         assert info.value.path == tmp_path / name
 
 
-def test_write_png_and_to_uint8(tmp_path):
+def test_write_png_and_to_uint8(tmp_path, natural_rgb):
     rgb = natural_rgb()
     write_png(tmp_path / "out.png", rgb)
     np.testing.assert_array_equal(read_rgb(tmp_path / "out.png"), rgb)
