@@ -6,7 +6,9 @@
 Writes ``OUT/metrics.json`` (means of per-image PSNR / SSIM on the uint8 outputs, the
 authors' PSNR of the mean unclamped squared error, and the same metrics for the hazy input),
 ``OUT/per_image.csv`` and ``OUT/images/<name>.png``. Unreadable images are reported, skipped
-and listed under ``failed``; the exit status is then 1.
+and listed under ``failed``; the exit status is then 1. A non-empty OUT is refused, so that two
+runs never mix; ``--overwrite`` first removes an earlier evaluation's files there (and refuses a
+folder holding anything else). One photo, dehazed beside itself: ``python -m minet_jax.tools.dehaze``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import csv
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -25,6 +28,7 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm import tqdm
 
+from minet_jax.checkpoint import CheckpointError
 from minet_jax.config import ConfigError, apply_overrides, nest, parse_overrides, train_config
 from minet_jax.image_io import ImageReadError, read_rgb, to_uint8, write_png
 from minet_jax.layouts import LayoutError, Pair, find_pairs
@@ -215,9 +219,39 @@ def model_overrides(items: Sequence[str]) -> dict[str, Any]:
     pairs = parse_overrides(items)
     for key, _ in pairs:
         if not key.startswith("model."):
-            raise ConfigError(f"--set {key}: evaluate.py takes model settings only (model.KEY=VALUE, e.g. model.dtype=bfloat16)")
+            raise ConfigError(
+                f"--set {key}: evaluate.py takes model settings only (model.KEY=VALUE, e.g. model.dtype=bfloat16)"
+            )
     apply_overrides(train_config(), pairs)  # unknown keys and wrong types, before anything loads
     return nest((key.removeprefix("model."), value) for key, value in pairs)
+
+
+OUTPUTS = ("metrics.json", "per_image.csv", "images")
+
+
+def prepare_output(out_dir: Path, overwrite: bool) -> str | None:
+    """Make `out_dir` ready for a new evaluation; the reason it cannot be, or None. A non-empty
+    folder is refused unless `overwrite`, which removes only an earlier evaluation's outputs."""
+    if not out_dir.exists():
+        return None
+    if not out_dir.is_dir():
+        return f"--output {out_dir} is a file, expected a folder"
+    present = sorted(p.name for p in out_dir.iterdir())
+    if not present:
+        return None
+    if not overwrite:
+        held = ", ".join(present[:3]) + (" ..." if len(present) > 3 else "")
+        return (
+            f"--output {out_dir} is not empty (holds {held}): choose another folder, or pass --overwrite "
+            "to replace an earlier evaluation there"
+        )
+    others = [n for n in present if n not in OUTPUTS]
+    if others:
+        return f"--output {out_dir} holds files evaluate.py did not write ({', '.join(others[:3])}); not clearing it"
+    for name in present:
+        path = out_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--border-crop", type=int, default=0, metavar="N", help="ignore N pixels on every side when scoring")
     p.add_argument("--limit", type=int, default=None, metavar="K", help="only the first K images (natural order)")
     p.add_argument("--no-images", action="store_true", help="do not save the dehazed images")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier evaluation's outputs in --output (else refused)"
+    )
     p.add_argument(
         "--tile", type=int, default=0, metavar="S",
         help="dehaze overlapping S x S tiles one at a time (bounded memory for large images; 0 = whole images)",
@@ -285,10 +322,18 @@ def main(argv: Sequence[str] | None = None, predict_factory: Callable[[str], Pre
         overrides = model_overrides(args.set)
     except ConfigError as e:
         parser.error(str(e))
+    problem = prepare_output(Path(args.output), args.overwrite)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if predict_factory is None:
-        predict = default_predict_factory(
-            args.checkpoint, overrides, args.tile, args.overlap, args.tile_stats, args.stats_size
-        )
+        try:
+            predict = default_predict_factory(
+                args.checkpoint, overrides, args.tile, args.overlap, args.tile_stats, args.stats_size
+            )
+        except (CheckpointError, ConfigError, ValueError) as e:  # damaged, unknown or mismatched weights
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     else:
         predict = predict_factory(args.checkpoint)
     metrics = evaluate(
@@ -298,8 +343,11 @@ def main(argv: Sequence[str] | None = None, predict_factory: Callable[[str], Pre
         border_crop=args.border_crop,
         save_images=not args.no_images,
         extra={
-            "checkpoint": str(args.checkpoint), "data": str(args.data), "model_overrides": overrides,
-            "tile": args.tile, "overlap": args.overlap if args.tile else None,
+            "checkpoint": str(args.checkpoint),
+            "data": str(args.data),
+            "model_overrides": overrides,
+            "tile": args.tile,
+            "overlap": args.overlap if args.tile else None,
             "tile_stats": args.tile_stats if args.tile else None,
             "stats_size": args.stats_size if args.tile and args.tile_stats == "image" else None,
         },  # fmt: skip

@@ -11,7 +11,9 @@ metrics), so both kinds load as models here. `load_pretrained` also reads the au
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import shutil
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,18 +99,36 @@ def _step_dir(path: Path) -> Path:
     )
 
 
+class CheckpointError(OSError):
+    """A checkpoint that cannot be read or written (the message names it and says why, in one line)."""
+
+
+def reason(e: BaseException) -> str:
+    """The first line of an exception's message, with its type where the message is empty."""
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
 def load_checkpoint_model(path: str | Path, **overrides) -> MINet:
     """Rebuild the model a checkpoint directory was saved from, with its parameters."""
     path = _step_dir(Path(path).resolve())
     if not (path / "model_config").is_dir():
         raise ValueError(f"{path} has no model_config item; cannot tell which network it holds")
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        cfg = ckptr.restore(path, args=ocp.args.Composite(model_config=ocp.args.JsonRestore()))
-        graphdef, state = nnx.split(abstract_model(with_overrides(model_config_from(cfg["model_config"]), overrides)))
+        try:
+            saved = ckptr.restore(path, args=ocp.args.Composite(model_config=ocp.args.JsonRestore()))["model_config"]
+        except Exception as e:  # damaged JSON or orbax metadata
+            raise CheckpointError(f"cannot read checkpoint {path}: {reason(e)}") from e
+        graphdef, state = nnx.split(abstract_model(with_overrides(model_config_from(saved), overrides)))
         # Explicit single-device shardings: a checkpoint written from 8 GPUs loads on one CPU.
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(state))
-        restored = ckptr.restore(path, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+        target = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(state)
+        )
+        try:
+            restored = ckptr.restore(path, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+        except Exception as e:  # tensorstore errors of a truncated or damaged array file
+            raise CheckpointError(f"cannot read checkpoint {path}: {reason(e)}") from e
     nnx.replace_by_pure_dict(state, restored["params"])
     return nnx.merge(graphdef, state)
 
@@ -144,16 +164,30 @@ class ConfigMismatch(ValueError):
     """A training checkpoint was made for another model config or seed (the message lists how)."""
 
 
+UNREADABLE_DIR = "checkpoints_unreadable"  # beside checkpoints/: where unreadable steps are moved
+
+
 def checkpoint_manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
-    """The manager of `WORKDIR/checkpoints`: keeps the last `keep` steps and the best by `val_psnr`."""
+    """The manager of `WORKDIR/checkpoints`: keeps the last `keep` steps and the best by `val_psnr`.
+
+    Saves are synchronous: a save that fails (full disk, read-only folder) must stop the run at
+    that step, naming the path, and the state is a few MB, so asynchronous saves would buy little.
+    Half-written step folders of an earlier crash are removed when the manager opens."""
     policy = pp.AnyPreservationPolicy(
         [
             pp.LatestN(keep),
             pp.BestN(get_metric_fn=lambda m: m["val_psnr"], reverse=False, n=1, keep_checkpoints_without_metrics=False),
         ]
     )
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True
+    )
     return ocp.CheckpointManager(Path(workdir) / "checkpoints", options=options, item_names=TRAIN_ITEMS)
+
+
+def _remove_partial(directory: Path) -> None:
+    for p in directory.glob("*.orbax-checkpoint-tmp*"):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def config_diff(saved: Mapping, current: Mapping, prefix: str = "") -> list[str]:
@@ -173,6 +207,16 @@ def config_diff(saved: Mapping, current: Mapping, prefix: str = "") -> list[str]
 def save_train_state(mngr: ocp.CheckpointManager, state: Any, cfg: ml_collections.ConfigDict, val: dict | None) -> None:
     """Save a training state (`training.TrainState`) at its step, with `val` as the step's metrics."""
     step = int(state.step)
+    try:
+        _save(mngr, step, state, cfg, val)
+    except Exception as e:  # OSError from tensorstore or the file system, in orbax's wrapping
+        _remove_partial(Path(mngr.directory))
+        shutil.rmtree(Path(mngr.directory) / str(step), ignore_errors=True)  # never a half-written step
+        mngr.reload()
+        raise CheckpointError(f"could not write checkpoint {Path(mngr.directory) / str(step)}: {reason(e)}") from e
+
+
+def _save(mngr: ocp.CheckpointManager, step: int, state: Any, cfg: ml_collections.ConfigDict, val: dict | None) -> None:
     mngr.save(
         step,
         args=ocp.args.Composite(
@@ -185,11 +229,37 @@ def save_train_state(mngr: ocp.CheckpointManager, state: Any, cfg: ml_collection
     )
 
 
-def restore_train_state(mngr: ocp.CheckpointManager, state: Any, cfg: ml_collections.ConfigDict) -> Any:
-    """`state` (a freshly initialised `training.TrainState`) with the newest checkpoint's
-    parameters, optimiser state and step; `ConfigMismatch` for one made for another model or seed."""
-    step = mngr.latest_step()
-    saved = mngr.restore(step, args=ocp.args.Composite(model_config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+def restore_newest_readable(
+    mngr: ocp.CheckpointManager, state: Any, cfg: ml_collections.ConfigDict, say: Callable[[str], None] = print
+) -> Any | None:
+    """`state` restored from the newest checkpoint that can be read, or None where there is none.
+    Each newer one that cannot be read is moved aside to `WORKDIR/checkpoints_unreadable/` (not
+    deleted) with a line through `say`; `ConfigMismatch` is raised, not moved aside."""
+    directory = Path(mngr.directory)
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            return restore_train_state(mngr, state, cfg, step)
+        except ConfigMismatch:
+            raise
+        except Exception as e:  # a truncated or damaged file: tensorstore, JSON or orbax errors
+            aside = directory.parent / UNREADABLE_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(directory / str(step)), aside)
+            mngr.reload()
+            say(f"checkpoint {directory / str(step)} cannot be read ({reason(e)}): moved to {aside}")
+    return None
+
+
+def restore_train_state(
+    mngr: ocp.CheckpointManager, state: Any, cfg: ml_collections.ConfigDict, step: int | None = None
+) -> Any:
+    """`state` (a freshly initialised `training.TrainState`) with a checkpoint's (the newest's by
+    default) parameters, optimiser state and step; `ConfigMismatch` for one made for another model
+    or seed."""
+    step = mngr.latest_step() if step is None else step
+    saved = mngr.restore(
+        step, args=ocp.args.Composite(model_config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore())
+    )
     diffs = config_diff(saved["model_config"], json.loads(cfg.model.to_json()))
     if diffs:
         raise ConfigMismatch(
@@ -207,7 +277,9 @@ def restore_train_state(mngr: ocp.CheckpointManager, state: Any, cfg: ml_collect
     )
     params = state.params
     nnx.replace_by_pure_dict(params, out["params"])
-    opt_state = jax.tree.map(lambda t, v: jax.numpy.asarray(v, t.dtype), state.opt_state, out["train_state"]["opt_state"])
+    opt_state = jax.tree.map(
+        lambda t, v: jax.numpy.asarray(v, t.dtype), state.opt_state, out["train_state"]["opt_state"]
+    )
     return state._replace(step=jax.numpy.asarray(out["train_state"]["step"]), params=params, opt_state=opt_state)
 
 

@@ -119,6 +119,10 @@ def data_config() -> ml_collections.ConfigDict:
     c.sots_dir = ""  # SOTS indoor folder: ITS scenes it shares are left out of reside_its
     c.crop_size = 64  # random square crops; 0 = whole images (a batch's images must then share a size)
     c.flip = True  # random horizontal flips
+    c.permute_channels = False  # random R, G, B order per example (the same for hazy and clear)
+    # Training haze synthesised afresh for every example from its clear image (synthetic.add_haze:
+    # new airlight, scattering and depth each time) instead of the data set's hazy images.
+    c.fresh_haze = False
     c.workers = 0  # 0 = decode in this process (2 threads); > 0 = grain worker processes
     c.val_name = ""  # "" = the training data set
     c.val_manual_dir = ""  # "" = manual_dir for the same data set, else sots_dir for sots_* sets
@@ -143,6 +147,7 @@ def train_config(variant: str = "official") -> ml_collections.ConfigDict:
     c.adam_b1 = 0.9
     c.adam_b2 = 0.999
     c.grad_clip = 0.0  # global-norm clipping (0 = off)
+    c.max_loss_ratio = 100.0  # divergence: stop when a loss exceeds this multiple of the lowest so far (0 = off)
     c.log_every = 10
     c.eval_every = 50
     c.checkpoint_every = 50
@@ -165,7 +170,14 @@ def train_config(variant: str = "official") -> ml_collections.ConfigDict:
 
 # --- presets ---
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+def _config_dir() -> Path:
+    # An installed copy holds the presets as minet_jax/configs; a checkout has them in configs/.
+    here = Path(__file__).resolve().parent
+    return here / "configs" if (here / "configs").is_dir() else here.parent / "configs"
+
+
+CONFIG_DIR = _config_dir()
 
 
 class ConfigError(ValueError):
@@ -255,7 +267,9 @@ def apply_overrides(
         old = node[names[-1]]
         if isinstance(old, ml_collections.ConfigDict):
             if not isinstance(value, Mapping):
-                raise ConfigError(f"config field {key} is a group; set one of its fields, e.g. {key}.{next(iter(old))}=...")
+                raise ConfigError(
+                    f"config field {key} is a group; set one of its fields, e.g. {key}.{next(iter(old))}=..."
+                )
             node[names[-1]] = apply_overrides(old, _flat(value))
         else:
             node[names[-1]] = _coerce(key, old, value)
@@ -307,3 +321,139 @@ def describe(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str
     for k, v in cfg.items():
         out += describe(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict) else [(f"{prefix}{k}", v)]
     return out
+
+
+# --- what each field means, what it may take, and the check made before anything is built ---
+
+HELP = {
+    "model.variant": "official (the authors' released network, their weights fit it) | paper (as the paper describes it)",
+    "model.channels": "feature channels of the encoder and IM-blocks",
+    "model.T": "steps of each IM-block's iteration g <- g0 + eta f(g) (shared weights)",
+    "model.dilations": "dilation of each of the three IM-blocks",
+    "model.smooth_dilated": "ShareSepConv(2d-1) smoothing before each dilated conv of blocks with d > 1 (authors' code)",
+    "model.eta": "step size eta of the implicit-Euler iteration (Theorem 1: stable if rho(eta J_f) < 1)",
+    "model.mlf_groups": "MLF gate conv 3C -> 3: 1 = plain conv (authors' code), 3 = group conv (paper)",
+    "model.rca": "channel attention: image (on the 3-channel output, authors' code) | features (fused features, paper)",
+    "model.rca_reduction": "the features-RCA's MLP reduction C -> C/r -> C",
+    "model.input_format": "what the network sees: bgr255 (BGR 0..255, the authors' weights) | rgb01 (RGB [0, 1])",
+    "model.init": "pytorch (the authors' initialisation) | identity (output path started near identity: trains fast)",
+    "model.dtype": "compute dtype of the convolutions: float32 | bfloat16 (parameters and statistics stay float32)",
+    "model.precision": "jax.lax.Precision of the convolutions, e.g. highest; empty = backend default",
+    "model.share_sep_impl": "ShareSepConv as shift (shifted sums, fast on CPU) | shift_autodiff | xla | auto",
+    "model.solver.forward": "IM-block forward: unrolled (exactly T steps, as released) | fixed_point | anderson (to tol)",
+    "model.solver.backward": "gradient: unrolled (backprop through the steps) | implicit (adjoint solve) | phantom",
+    "model.solver.unroll": "lax.scan unroll factor; 0 = auto (fully unrolled on CPU, where a rolled scan is ~50x slower)",
+    "model.solver.tol": "relative residual ||g_next - g|| / ||g|| at which fixed_point / anderson stop",
+    "model.solver.max_iter": "most forward iterations of fixed_point / anderson",
+    "model.solver.anderson_m": "Anderson memory (past iterates mixed)",
+    "model.solver.anderson_beta": "Anderson damping (1 = undamped)",
+    "model.solver.anderson_lam": "Tikhonov regularisation of Anderson's mixing least squares",
+    "model.solver.backward_solver": "implicit backward's adjoint solver: fixed_point | anderson | gmres",
+    "model.solver.backward_tol": "relative residual at which the adjoint solve stops",
+    "model.solver.backward_max_iter": "most adjoint iterations",
+    "model.solver.phantom_steps": "k steps of the phantom gradient (1 = Jacobian-free backprop)",
+    "data.name": "training data: synthetic (embedded) | reside_its | reside_ots | sots_indoor | sots_outdoor | paired",
+    "data.manual_dir": "the images' folder (synthetic: where the embedded set is written; empty = <cache>/synthetic)",
+    "data.data_dir": "TFDS data dir; empty = <cache>/tfds, <cache> = $XDG_CACHE_HOME/minet_jax or ~/.cache/minet_jax",
+    "data.sots_dir": "SOTS indoor folder: ITS scenes it shares are left out of reside_its",
+    "data.crop_size": "side of the random square training crops; 0 = whole images (one size per batch)",
+    "data.flip": "random horizontal flips",
+    "data.permute_channels": "random R, G, B order per training example, the same for hazy and clear",
+    "data.fresh_haze": "synthesise each training example's haze afresh from its clear image (new A, beta, depth)",
+    "data.workers": "0 = decode in this process (2 threads); > 0 = grain worker processes",
+    "data.val_name": "validation data set; empty = the training one",
+    "data.val_manual_dir": "validation folder; empty = manual_dir (same data set) or sots_dir (sots_*)",
+    "data.val_split": "validation split; empty = validation, else test",
+    "data.val_limit": "at most this many validation images, evenly spread (0 = all)",
+    "seed": "seed of initialisation, data order and augmentation (a run is a pure function of it)",
+    "num_steps": "training steps in all; a rerun with more trains on from the last checkpoint",
+    "batch_size": "global batch, sharded over all devices (a multiple of their count)",
+    "loss": "mse | l1 | frobenius (the authors': ||out - gt||_2 over the batch on 0..255)",
+    "lr": "Adam's learning rate (> 0)",
+    "lr_decay_every": "steps between step decays of lr (0 = constant)",
+    "lr_decay_factor": "factor of each step decay",
+    "lr_decay_count": "how many decays at most (0 = no limit)",
+    "adam_b1": "Adam's beta1",
+    "adam_b2": "Adam's beta2",
+    "grad_clip": "global-norm gradient clipping (0 = off)",
+    "max_loss_ratio": "stop when a step's loss exceeds this multiple of the run's lowest so far (0 = off)",
+    "log_every": "steps between scalar logs (metrics.jsonl, TensorBoard)",
+    "eval_every": "steps between validations (each saves a checkpoint)",
+    "checkpoint_every": "steps between checkpoints (and at the end, and on SIGINT / SIGTERM)",
+    "keep_checkpoints": "checkpoints kept: the last K, and the best by validation PSNR besides",
+    "image_every": "steps between hazy | dehazed | clear grids of validation images (images/)",
+    "grid_images": "rows of that grid (distinct clear images first)",
+    "progress": "tqdm progress bar",
+    "distributed": "multi-host: jax.distributed.initialize() from the environment (SLURM, TPU pods)",
+    "stability.every": "steps between Arnoldi estimates of each block's rho(eta J_f) (0 = never)",
+    "stability.iters": "Arnoldi steps of that estimate",
+    "stability.weight": "weight of a Jacobian regulariser added to the loss (0 = none)",
+    "stability.kind": "frobenius (Hutchinson ||eta J_f||_F^2) | radius (estimated rho above margin)",
+    "stability.margin": "the radius regulariser's threshold",
+    "stability.samples": "random vectors of the Hutchinson estimate",
+}
+
+CHOICES = {
+    "model.variant": VARIANTS,
+    "model.rca": ("image", "features"),
+    "model.input_format": ("bgr255", "rgb01"),
+    "model.init": ("pytorch", "identity"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.share_sep_impl": ("auto", "shift", "shift_autodiff", "xla"),
+    "model.solver.forward": ("unrolled", "fixed_point", "anderson"),
+    "model.solver.backward": ("unrolled", "implicit", "phantom"),
+    "model.solver.backward_solver": ("fixed_point", "anderson", "gmres"),
+    "data.name": ("synthetic", "reside_its", "reside_ots", "sots_indoor", "sots_outdoor", "paired"),
+    "data.val_name": ("", "synthetic", "reside_its", "reside_ots", "sots_indoor", "sots_outdoor", "paired"),
+    "data.val_split": ("", "validation", "test", "train"),
+    "loss": ("mse", "l1", "frobenius"),
+    "stability.kind": ("frobenius", "radius"),
+}
+# (lowest allowed, whether it may equal it); "lr > 0", "batch_size >= 1", ...
+BOUNDS = {
+    "model.channels": (1, True), "model.T": (1, True), "model.eta": (0, False), "model.rca_reduction": (1, True),
+    "model.mlf_groups": (1, True), "model.solver.unroll": (0, True), "model.solver.tol": (0, False),
+    "model.solver.max_iter": (1, True), "model.solver.anderson_m": (1, True),
+    "model.solver.backward_tol": (0, False), "model.solver.backward_max_iter": (1, True),
+    "model.solver.phantom_steps": (1, True), "data.crop_size": (0, True), "data.workers": (0, True),
+    "data.val_limit": (0, True), "num_steps": (1, True), "batch_size": (1, True), "lr": (0, False),
+    "lr_decay_every": (0, True), "lr_decay_factor": (0, False), "lr_decay_count": (0, True),
+    "adam_b1": (0, True), "adam_b2": (0, True), "grad_clip": (0, True), "max_loss_ratio": (0, True),
+    "log_every": (1, True), "eval_every": (1, True), "checkpoint_every": (1, True),
+    "keep_checkpoints": (1, True), "image_every": (1, True), "grid_images": (0, True),
+    "stability.every": (0, True), "stability.iters": (1, True), "stability.weight": (0, True),
+    "stability.samples": (1, True),
+}  # fmt: skip
+
+
+def check(cfg: ml_collections.ConfigDict, devices: int = 1) -> None:
+    """Refuse, in one line naming the field, a training config that cannot run: a value outside
+    its choices or bounds, or a batch that does not divide over `devices`."""
+    values = dict(describe(cfg))
+    for key, allowed in CHOICES.items():
+        if key in values and values[key] not in allowed:
+            close = difflib.get_close_matches(str(values[key]), [a for a in allowed if a], n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(
+                f"config field {key} must be one of {', '.join(map(repr, allowed))}, got {values[key]!r}{hint}"
+            )
+    for key, (low, inclusive) in BOUNDS.items():
+        if key in values and not (values[key] >= low if inclusive else values[key] > low):
+            raise ConfigError(f"config field {key} must be {'>=' if inclusive else '>'} {low}, got {values[key]!r}")
+    if "model.dilations" in values and len(values["model.dilations"]) != 3:
+        raise ConfigError(f"config field model.dilations must name 3 dilations, got {values['model.dilations']!r}")
+    if "adam_b1" in values and not (values["adam_b1"] < 1 and values["adam_b2"] < 1):
+        raise ConfigError(
+            f"config fields adam_b1 and adam_b2 must be < 1, got {values['adam_b1']}, {values['adam_b2']}"
+        )
+    if "batch_size" in values and values["batch_size"] % devices:
+        raise ConfigError(
+            f"config field batch_size {values['batch_size']} must be a multiple of the {devices} devices it is sharded over"
+        )
+
+
+def help_lines(cfg: ml_collections.ConfigDict) -> list[str]:
+    """`key = default   meaning` for every field of `cfg`, for `train.py --help`."""
+    items = describe(cfg)
+    width = max(len(f"{k} = {v!r}") for k, v in items)
+    return [f"  {f'{k} = {v!r}':<{width}}  {HELP.get(k, '')}".rstrip() for k, v in items]

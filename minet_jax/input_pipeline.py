@@ -51,12 +51,22 @@ def _decode(example: dict) -> dict:
     }
 
 
+class _FreshHaze:
+    """Replace the hazy image by new synthetic haze over the clear one (`synthetic.add_haze`)."""
+
+    def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
+        from minet_jax.synthetic import add_haze
+
+        return {**ex, "hazy": add_haze(ex["clear"], rng)}
+
+
 class _Augment:
     """Random square crop (crop_size > 0) and horizontal flip, the same for hazy and clear."""
 
-    def __init__(self, crop_size: int, flip: bool) -> None:
+    def __init__(self, crop_size: int, flip: bool, permute_channels: bool = False) -> None:
         self.crop_size = crop_size
         self.flip = flip
+        self.permute_channels = permute_channels
 
     def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
         hazy, clear = ex["hazy"], ex["clear"]
@@ -69,6 +79,9 @@ class _Augment:
             hazy, clear = hazy[top : top + s, left : left + s], clear[top : top + s, left : left + s]
         if self.flip and rng.random() < 0.5:
             hazy, clear = hazy[:, ::-1], clear[:, ::-1]
+        if self.permute_channels:  # haze with a grey airlight commutes with permuting R, G, B
+            order = rng.permutation(3)
+            hazy, clear = hazy[..., order], clear[..., order]
         return {"hazy": hazy, "clear": clear, "name": ex["name"]}
 
 
@@ -91,21 +104,22 @@ def train_dataset(
     import grain
 
     if batch_size < 1 or batch_size % process_count:
-        raise ValueError(f"batch_size must be a positive multiple of the process count {process_count}, got {batch_size}")
+        raise ValueError(
+            f"batch_size must be a positive multiple of the process count {process_count}, got {batch_size}"
+        )
     builder = _builder(cfg.name, cfg.manual_dir, cfg)
     if "train" not in builder.info.splits:
         raise ValueError(f"data set {cfg.name!r} has no train split (it has: {', '.join(builder.info.splits)})")
     source = builder.as_data_source("train")
     if len(source) == 0:
         raise ValueError(f"data set {cfg.name!r} has no training examples")
-    shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
-    return (
-        grain.MapDataset.source(source)
-        .shuffle(seed=shuffle_seed)  # epoch e uses permutation seed shuffle_seed + e
-        .repeat()
-        .map(_decode)
-        .random_map(_Augment(int(cfg.crop_size), bool(cfg.flip)), seed=augment_seed)[process_index::process_count]
-        .batch(batch_size // process_count, drop_remainder=True, batch_fn=_stack)
+    shuffle_seed, augment_seed, haze_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(3))
+    ds = grain.MapDataset.source(source).shuffle(seed=shuffle_seed).repeat().map(_decode)  # epoch e: seed + e
+    if cfg.fresh_haze:
+        ds = ds.random_map(_FreshHaze(), seed=haze_seed)
+    augment = _Augment(int(cfg.crop_size), bool(cfg.flip), bool(cfg.permute_channels))
+    return ds.random_map(augment, seed=augment_seed)[process_index::process_count].batch(
+        batch_size // process_count, drop_remainder=True, batch_fn=_stack
     )
 
 
@@ -125,9 +139,9 @@ def train_iterator(
 
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
-    ds = train_dataset(
-        cfg, batch_size=batch_size, seed=seed, process_index=process_index, process_count=process_count
-    )[start_step:]
+    ds = train_dataset(cfg, batch_size=batch_size, seed=seed, process_index=process_index, process_count=process_count)[
+        start_step:
+    ]
     if cfg.workers > 0:
         from absl import flags
 

@@ -35,7 +35,15 @@ from PIL import Image
 
 from minet_jax.image_io import to_uint8
 
-__all__ = ["GENERATOR_VERSION", "MARKER", "TRAIN_PHOTOS", "VAL_PHOTOS", "is_complete", "make_synthetic_haze"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "MARKER",
+    "TRAIN_PHOTOS",
+    "VAL_PHOTOS",
+    "add_haze",
+    "is_complete",
+    "make_synthetic_haze",
+]
 
 # Bump whenever the output for given arguments changes: old folders are then regenerated.
 GENERATOR_VERSION = 1
@@ -102,7 +110,9 @@ def _depth(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return DEPTH_RANGE[0] + (DEPTH_RANGE[1] - DEPTH_RANGE[0]) * d
 
 
-def _haze(clear: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def add_haze(clear: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`clear` (uint8 RGB) under synthetic haze drawn from `rng`: airlight A, scattering beta and a
+    smooth depth map, each new per call; uint8 like the files of the embedded set."""
     j = clear.astype(np.float64) / 255.0
     airlight = rng.uniform(*A_RANGE)
     beta = rng.uniform(*BETA_RANGE)
@@ -155,7 +165,7 @@ def _generate(out: Path, settings: dict) -> None:
             _save_png(out / split / "clear" / f"{pid}.png", clear)
             for i in range(1, k + 1):
                 rng = np.random.default_rng([seed, split_no, photo_no, i])
-                _save_png(out / split / "hazy" / f"{pid}_{i}.png", _haze(clear, rng))
+                _save_png(out / split / "hazy" / f"{pid}_{i}.png", add_haze(clear, rng))
     (out / MARKER).write_text(json.dumps(settings, indent=1))  # last: marks the set complete
 
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from minet_jax import config
@@ -88,3 +94,72 @@ def test_keyword_overrides_and_saved_configs():
     saved = {"variant": "paper", "T": 4, "dilations": [1, 2, 3], "conv_impl": "im2col"}
     full = config.model_config_from(saved)
     assert (full.T, full.dilations, full.rca) == (4, (1, 2, 3), "features") and "conv_impl" not in full
+
+
+def test_every_field_has_a_one_line_help_and_the_choices_are_the_implementations():
+    from minet_jax import model, solvers, training
+
+    for variant in config.VARIANTS:
+        keys = [k for k, _ in config.describe(config.train_config(variant))]
+        assert [k for k in keys if k not in config.HELP] == []
+    assert all("\n" not in h and h for h in config.HELP.values())
+    assert config.CHOICES["model.solver.forward"] == solvers.FORWARDS
+    assert config.CHOICES["model.solver.backward"] == solvers.BACKWARDS
+    assert config.CHOICES["model.solver.backward_solver"] == solvers.BACKWARD_SOLVERS
+    assert config.CHOICES["loss"] == training.LOSSES
+    assert set(config.CHOICES["model.share_sep_impl"]) == {"auto", *model.ShareSepConv.IMPLS}
+    lines = config.help_lines(config.train_config())
+    assert any(line.strip().startswith("lr = 0.002") and "learning rate" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("item", "devices", "message"),
+    [
+        ("lr=0", 1, "config field lr must be > 0, got 0.0"),
+        ("batch_size=6", 4, "config field batch_size 6 must be a multiple of the 4 devices it is sharded over"),
+        ("model.solver.forward=anderzon", 1, "config field model.solver.forward must be one of 'unrolled', "
+         "'fixed_point', 'anderson', got 'anderzon'; did you mean anderson?"),
+        ("data.name=reside", 1, "config field data.name must be one of"),
+        ("model.dilations=(1, 2)", 1, "config field model.dilations must name 3 dilations, got (1, 2)"),
+        ("adam_b2=1.0", 1, "config fields adam_b1 and adam_b2 must be < 1"),
+        ("num_steps=0", 1, "config field num_steps must be >= 1, got 0"),
+    ],
+)  # fmt: skip
+def test_check_refuses_a_config_that_cannot_run_in_one_line(item, devices, message):
+    cfg = config.apply_overrides(config.train_config(), [item])
+    with pytest.raises(config.ConfigError) as e:
+        config.check(cfg, devices=devices)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    config.check(config.train_config(), devices=4)
+
+
+def test_an_installed_copy_loads_its_presets_from_any_directory(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # setuptools writes build/ into the tree it builds: a copy, not the checkout
+    for name in ("pyproject.toml", "minet_jax", "configs"):
+        if (root / name).is_dir():
+            shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            source.mkdir(exist_ok=True)
+            shutil.copy(root / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(source), "-w", str(tmp_path / "wheel")],
+        check=True, capture_output=True, cwd=tmp_path,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "wheel").glob("minet_jax-*.whl")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )  # fmt: skip
+    code = (
+        "import minet_jax, minet_jax.config as c; print(minet_jax.__file__); "
+        "print(c.load_config('default').num_steps, sorted(p.stem for p in c.CONFIG_DIR.glob('*.py')))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, check=True
+    )
+    where, presets = out.stdout.splitlines()
+    assert where.startswith(str(tmp_path / "site"))  # the installed copy, not the checkout
+    assert presets == f"{load_config('default').num_steps} {PRESETS}"
+    assert (tmp_path / "site" / "bin" / "minet-dehaze").is_file()

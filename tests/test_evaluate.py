@@ -17,7 +17,6 @@ from minet_jax.layouts import find_pairs
 # ----------------------------------------------------------------------------- helpers
 
 
-
 def sk_ssim(a, b):
     return structural_similarity(
         a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=2
@@ -233,3 +232,40 @@ def test_set_is_rooted_at_the_training_config_and_takes_model_fields_only():
         ev.model_overrides(["lr=1"])
     with pytest.raises(ev.ConfigError, match="did you mean model.dtype"):
         ev.model_overrides(["model.dtyp=bfloat16"])
+
+
+def test_a_non_empty_output_is_refused_and_overwrite_replaces_only_an_evaluation(dataset, tmp_path, capsys):
+    root, lookup = dataset
+    ckpt = tmp_path / "fake.pth"
+    ckpt.write_bytes(b"")
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(ckpt), "--data", str(root), "--output", str(out)]
+    assert ev.main(args, predict_factory=lambda _: oracle(lookup)) == 0
+    stale = out / "images" / "stale.png"
+    stale.write_bytes(b"an earlier run's image")
+    capsys.readouterr()
+    assert ev.main([*args, "--limit", "1"], predict_factory=lambda _: oracle(lookup)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --output {out} is not empty (holds images, metrics.json, per_image.csv)")
+    assert stale.exists()  # nothing lost
+    assert ev.main([*args, "--limit", "1", "--overwrite"], predict_factory=lambda _: oracle(lookup)) == 0
+    assert not stale.exists() and json.loads((out / "metrics.json").read_text())["images"] == 1
+    assert len(list((out / "images").iterdir())) == 1
+    (out / "notes.txt").write_text("mine")
+    assert ev.main([*args, "--overwrite"], predict_factory=lambda _: oracle(lookup)) == 2
+    assert "holds files evaluate.py did not write (notes.txt)" in capsys.readouterr().err
+    assert (out / "notes.txt").exists() and (out / "per_image.csv").exists()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's reads left pending
+def test_an_unreadable_checkpoint_is_named_in_one_line(dataset, tmp_path, capsys):
+    from minet_jax.checkpoint import build_model, save_model
+
+    root, _ = dataset
+    ckpt = save_model(build_model({"variant": "official", "channels": 8, "T": 1}), tmp_path / "ckpt")
+    damaged = max((p for p in (ckpt / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    assert ev.main(["--checkpoint", str(ckpt), "--data", str(root), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot read checkpoint {ckpt}: ") and "\n" not in err
+    assert not (tmp_path / "o").exists()

@@ -62,6 +62,23 @@ def test_each_epoch_is_a_fresh_permutation(syn_cfg):
     assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
 
 
+def test_fresh_haze_is_new_for_every_example_and_still_a_function_of_the_step(syn_cfg):
+    cfg = syn_cfg.copy_and_resolve_references()
+    cfg.crop_size, cfg.flip, cfg.fresh_haze = 0, False, True
+    ds = input_pipeline.train_dataset(cfg, batch_size=12, seed=0)
+    fixed = input_pipeline.train_dataset(syn_cfg.copy_and_resolve_references(), batch_size=12, seed=0)
+    a, b = ds[0], ds[1]
+    # Same clear photos as without it; each of the 2 hazy copies per photo now gets its own new haze.
+    assert sorted(x.tobytes() for x in a["clear"]) == sorted(x.tobytes() for x in b["clear"])
+    stored = {x.tobytes() for x in fixed[0]["hazy"]} | {x.tobytes() for x in fixed[1]["hazy"]}
+    hazy = [x.tobytes() for x in (*a["hazy"], *b["hazy"])]
+    assert len(set(hazy)) == 24 and not set(hazy) & stored
+    # Haze brightens toward the airlight (A >= 0.7) and is a pure function of seed and step.
+    assert (a["hazy"].mean(axis=(1, 2, 3)) > a["clear"].mean(axis=(1, 2, 3)) - 0.02).all()
+    again = input_pipeline.train_dataset(cfg, batch_size=12, seed=0)[1]
+    assert all(np.array_equal(again[k], b[k]) for k in b)
+
+
 def test_crop_and_flip(tmp_path, write_image):
     yy, xx = np.mgrid[0:10, 0:12]
     hazy = np.stack([xx * 20, yy * 20, np.full_like(xx, 7)], axis=-1).astype(np.uint8)  # encodes position

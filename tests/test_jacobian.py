@@ -91,7 +91,8 @@ def test_jacobian_matches_jvp_and_finite_differences(small_block):
     for i in (0, 137, 511):  # columns are Jacobian-vector products with basis vectors
         e = jnp.zeros(g.size).at[i].set(1.0).reshape(g.shape)
         col = jax.jvp(lambda x: f(params, x), (g,), (e,))[1].reshape(-1)
-        np.testing.assert_allclose(jac[:, i], col, atol=1e-5)
+        # jacfwd batches the JVPs (another convolution algorithm): round-off relative to the column
+        np.testing.assert_allclose(jac[:, i], col, rtol=1e-5, atol=1e-5 * max(1.0, float(jnp.abs(col).max())))
     v = jax.random.normal(jax.random.key(7), g.shape)
     h = 1e-3
     fd = (f(params, g + h * v) - f(params, g - h * v)).reshape(-1) / (2 * h)

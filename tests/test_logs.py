@@ -39,3 +39,19 @@ def test_grid_places_each_image_in_its_cell():
     assert (grid[0:3, 0:5] == 0).all() and (grid[0:3, 7:12] == 128).all() and (grid[0:3, 14:19] == 255).all()
     assert (grid[3:5] == 255).all()  # the white gap
     assert (grid[5:7, 0:4] == 51).all() and (grid[7, 0:4] == 255).all()  # smaller image, padded white
+
+
+def test_one_record_per_step_and_a_resume_drops_what_came_after_its_step(tmp_path):
+    log = MetricLog(tmp_path)
+    for step in (2, 4, 6):
+        log.scalars(step, {"loss": 1.0 / step})
+        log.scalars(step, {"val_psnr": 10.0 + step})  # logged apart, one record
+    log.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "lo')  # the torn last line of a killed run
+    log = MetricLog(tmp_path, start=4)  # resumed from the checkpoint at step 4
+    log.scalars(6, {"loss": 0.5})
+    log.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert rows[1] == {"step": 4, "loss": 0.25, "val_psnr": 14.0} and rows[2] == {"step": 6, "loss": 0.5}
