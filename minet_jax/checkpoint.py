@@ -10,10 +10,14 @@ metrics), so both kinds load as models here. `load_pretrained` also reads the au
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -207,13 +211,46 @@ def config_diff(saved: Mapping, current: Mapping, prefix: str = "") -> list[str]
 def save_train_state(mngr: ocp.CheckpointManager, state: Any, cfg: ml_collections.ConfigDict, val: dict | None) -> None:
     """Save a training state (`training.TrainState`) at its step, with `val` as the step's metrics."""
     step = int(state.step)
+    directory = Path(mngr.directory)
+    # A failing save makes orbax and tensorstore print hundreds of lines of tracebacks from their
+    # threads straight to stderr; they are held back and, if the save fails, go to a log file.
+    with tempfile.TemporaryFile() as held:
+        error = None
+        with _stderr_to(held):
+            try:
+                _save(mngr, step, state, cfg, val)
+            except Exception as e:  # OSError / ValueError from tensorstore or the file system, in orbax's wrapping
+                error = e
+        held.seek(0)
+        noise = held.read().decode(errors="replace")
+    if error is None:
+        sys.stderr.write(noise)  # what a good save printed (warnings) is not lost
+        return
+    _remove_partial(directory)
+    shutil.rmtree(directory / str(step), ignore_errors=True)  # never a half-written step
+    mngr.reload()
+    details = ""
     try:
-        _save(mngr, step, state, cfg, val)
-    except Exception as e:  # OSError from tensorstore or the file system, in orbax's wrapping
-        _remove_partial(Path(mngr.directory))
-        shutil.rmtree(Path(mngr.directory) / str(step), ignore_errors=True)  # never a half-written step
-        mngr.reload()
-        raise CheckpointError(f"could not write checkpoint {Path(mngr.directory) / str(step)}: {reason(e)}") from e
+        log = directory.parent / "checkpoint_error.log"
+        log.write_text(f"{error!r}\n{noise}")
+        details = f" (details: {log})"
+    except OSError:
+        pass  # the disk that refused the checkpoint may refuse the log too
+    raise CheckpointError(f"could not write checkpoint {directory / str(step)}: {reason(error)}{details}") from error
+
+
+@contextlib.contextmanager
+def _stderr_to(file) -> Iterator[None]:
+    """Point file descriptor 2 (where C++ threads write too) at `file` for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(file.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _save(mngr: ocp.CheckpointManager, step: int, state: Any, cfg: ml_collections.ConfigDict, val: dict | None) -> None:

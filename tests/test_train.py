@@ -216,7 +216,8 @@ def test_failed_checkpoint_save_stops_in_one_line_and_leaves_no_partial_folder(t
             train.train_and_evaluate(tiny_config("num_steps=4"), tmp_path)
     ckpts = tmp_path / "checkpoints"
     assert str(e.value) == (
-        f"could not write checkpoint {ckpts / '3'}: [Errno 28] No space left on device; "
+        f"could not write checkpoint {ckpts / '3'}: [Errno 28] No space left on device "
+        f"(details: {tmp_path / 'checkpoint_error.log'}); "
         f"stopped, the last good checkpoint is {ckpts / '2'}"
     )
     assert sorted(p.name for p in ckpts.iterdir()) == ["2"]  # no half-written step folder
