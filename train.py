@@ -7,8 +7,10 @@
 `--config` takes a config file or a preset name from configs/; `--set KEY=VALUE` (or
 `--config.KEY=VALUE`) overrides any field of it (minet_jax.config). Resumes from the newest
 checkpoint in --workdir (parameters, optimiser state, step; the data order is a pure function of
-the seed and the step). Writes TensorBoard events, metrics.jsonl, image grids, checkpoints (the
-last K and the best by validation PSNR) and, at the end, summary.json.
+the seed and the step); a finished run is left as it is. Ctrl-C or SIGTERM saves the current step
+and exits (a second Ctrl-C exits at once). Writes TensorBoard events, metrics.jsonl, image grids,
+checkpoints (the last K and the best by validation PSNR) and, at the end, summary.json; see
+README's "Where outputs go".
 """
 
 from __future__ import annotations
@@ -395,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted before training began: nothing to save", file=sys.stderr)
+        # Before the loop (data, compilation), or with several processes, where a stop must wait for
+        # orbax's preemption sync point: nothing new to save, the last checkpoint stays.
+        print("interrupted: exiting without saving (the last checkpoint in --workdir is kept)", file=sys.stderr)
         return 130
     if summary.get("val_psnr") is not None:
         print(
