@@ -167,6 +167,8 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
         restored = checkpoint.restore_newest_readable(mngr, state, cfg, say=lambda m: print(m, flush=True))
     except checkpoint.ConfigMismatch as e:
         raise TrainingError(f"{e}\nto train this config, choose another --workdir") from None
+    except checkpoint.CheckpointError as e:
+        raise TrainingError(f"{e}; nothing was moved: choose another --workdir to start afresh") from None
     except OSError as e:
         raise TrainingError(
             f"cannot use the checkpoints in {workdir / 'checkpoints'}: {checkpoint.reason(e)}"

@@ -270,20 +270,30 @@ def restore_newest_readable(
     mngr: ocp.CheckpointManager, state: Any, cfg: ml_collections.ConfigDict, say: Callable[[str], None] = print
 ) -> Any | None:
     """`state` restored from the newest checkpoint that can be read, or None where there is none.
-    Each newer one that cannot be read is moved aside to `WORKDIR/checkpoints_unreadable/` (not
-    deleted) with a line through `say`; `ConfigMismatch` is raised, not moved aside."""
+    The newer ones that cannot be read are then moved aside to `WORKDIR/checkpoints_unreadable/`
+    (not deleted) with a line each through `say`. Where none can be read, nothing is moved (that
+    is more likely another version's format than damage) and `CheckpointError` names the newest;
+    `ConfigMismatch` is raised as it is."""
     directory = Path(mngr.directory)
+    failed: list[tuple[int, Exception]] = []
     for step in sorted(mngr.all_steps(), reverse=True):
         try:
-            return restore_train_state(mngr, state, cfg, step)
+            restored = restore_train_state(mngr, state, cfg, step)
         except ConfigMismatch:
             raise
         except Exception as e:  # a truncated or damaged file: tensorstore, JSON or orbax errors
-            aside = directory.parent / UNREADABLE_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+            failed.append((step, e))
+            continue
+        for bad, e in failed:
+            aside = directory.parent / UNREADABLE_DIR / f"{bad}-{time.strftime('%Y%m%d-%H%M%S')}"
             aside.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(directory / str(step)), aside)
-            mngr.reload()
-            say(f"checkpoint {directory / str(step)} cannot be read ({reason(e)}): moved to {aside}")
+            shutil.move(str(directory / str(bad)), aside)
+            say(f"checkpoint {directory / str(bad)} cannot be read ({reason(e)}): moved to {aside}")
+        mngr.reload()
+        return restored
+    if failed:
+        step, e = failed[0]
+        raise CheckpointError(f"no checkpoint in {directory} can be read; the newest, {step}: {reason(e)}") from e
     return None
 
 

@@ -202,6 +202,24 @@ def test_unreadable_newest_checkpoint_is_moved_aside_and_the_run_resumes_before_
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's reads left pending
+def test_when_no_checkpoint_can_be_read_nothing_is_moved_and_the_run_stops(finished_run, tmp_path):
+    cfg, reference_dir, _ = finished_run
+    workdir = tmp_path / "all_damaged"
+    shutil.copytree(reference_dir, workdir)
+    (workdir / "summary.json").unlink()
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    for step in steps:  # e.g. another version's format: every step fails, none is damage to set aside
+        damaged = _newest_step_file(workdir, step)
+        damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    with pytest.raises(
+        train.TrainingError, match=rf"^no checkpoint in .*checkpoints can be read; the newest, {steps[-1]}: "
+    ):
+        train.train_and_evaluate(cfg, workdir)
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == steps
+    assert not (workdir / "checkpoints_unreadable").exists()
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # pending reads of the test above
 def test_failed_checkpoint_save_stops_in_one_line_and_leaves_no_partial_folder(tiny_config, tmp_path, monkeypatch):
     from orbax.checkpoint import handlers
