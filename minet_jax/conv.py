@@ -1,4 +1,12 @@
-"""ShareSepConv's convolution written by hand, because XLA's CPU backend is slow at it.
+"""Convolutions written by hand where XLA's CPU backend is slow at the plain form.
+
+`conv_transpose_2x`: the decoder's PyTorch ConvTranspose2d(k=4, s=2, p=1) as one 3x3
+convolution to 4x the channels followed by a depth-to-space shuffle (each output phase sees a
+2x2 subset of the taps). XLA lowers the input-dilated form to a generic convolution whose kernel
+gradient took 825 ms of a 4.4 s training step (128x128, batch 4, 2-core CPU); this form's
+forward and gradients together take 148 ms against 845 ms for the old one (a 2x2 kernel over
+the undilated input, 2.25x fewer multiply-adds, had a 1.9 s kernel gradient: even kernels leave
+XLA's fast path too).
 
 `shared_depthwise_conv`: one k x k kernel applied to every channel (the authors' ShareSepConv).
 XLA's CPU depthwise convolution is slow: at 4x64x64x64 a 7x7 one took 65 ms forward and 138 ms
@@ -13,6 +21,27 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+
+def conv_transpose_2x(x: jax.Array, kernel: jax.Array, precision=None) -> jax.Array:
+    """PyTorch's ConvTranspose2d(k=4, stride=2, padding=1) of NHWC `x`, no bias. `kernel` is
+    (4, 4, in, out), spatially flipped from PyTorch's (in, out, 4, 4) (convert.relayout), i.e.
+    the kernel of the equivalent correlation over the 2x-dilated input padded by 2."""
+    n, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    # Output pixel (2m + a, 2k + b) sees input rows m + a - 1 + i, i in {0, 1}, through flipped
+    # tap a + 2i (columns alike): offset o = a - 1 + i from m sits at row o + 1 of a 3x3 kernel.
+    k3 = jnp.zeros((3, 3, cin, 2, 2, cout), kernel.dtype)
+    for a in (0, 1):
+        for b in (0, 1):
+            for i in (0, 1):
+                for j in (0, 1):
+                    k3 = k3.at[a + i, b + j, :, a, b, :].set(kernel[a + 2 * i, b + 2 * j])
+    y = lax.conv_general_dilated(
+        x, k3.reshape(3, 3, cin, 4 * cout), (1, 1), ((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,
+    )  # fmt: skip
+    return y.reshape(n, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, cout)
 
 
 def shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:

@@ -82,6 +82,23 @@ class ShareSepConv(nnx.Module):
         return op(x, self.kernel[...])
 
 
+class TransposedConv(nnx.Module):
+    """PyTorch ConvTranspose2d(cin, cout, 4, stride=2, padding=1) with bias. The kernel is stored
+    spatially flipped, HWIO (convert.py does the flip), as nnx.Conv's over the 2x-dilated input
+    padded by 2 would be; it is computed as `conv.conv_transpose_2x`, fast on every backend."""
+
+    def __init__(self, cfg, cin: int, cout: int, *, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(_torch_default(rngs.params(), (4, 4, cin, cout), jnp.float32))
+        # Zeros, drawing a key as nnx.Conv does, so every later layer's init is unchanged.
+        self.bias = nnx.Param(jax.nn.initializers.zeros(rngs.params(), (cout,), jnp.float32))
+        self.dtype, self.precision = _dtype(cfg), _precision(cfg)
+
+    def __call__(self, x: Array) -> Array:
+        dt = self.dtype
+        y = conv.conv_transpose_2x(x.astype(dt), self.kernel[...].astype(dt), precision=self.precision)
+        return y + self.bias[...].astype(dt)
+
+
 class ResidualBlock(nnx.Module):
     """Pre-processing block: ReLU(x + IN(conv2(ReLU(IN(conv1(x))))))."""
 
@@ -210,12 +227,7 @@ class MINet(nnx.Module):
         self.blocks = nnx.List([IMBlock(cfg, c, d, rngs=rngs) for d in cfg.dilations])
         self.gate = _conv(cfg, 3 * c, 3, 3, bias=True, groups=cfg.mlf_groups, rngs=rngs)
         self.rca = FeatureAttention(cfg, c, cfg.rca_reduction, rngs=rngs) if cfg.rca == "features" else None
-        # PyTorch ConvTranspose2d(k=4, s=2, p=1) as a conv over the 2x-dilated input padded by
-        # k - 1 - p = 2; the kernel is stored spatially flipped, HWIO (convert.py does the flip).
-        self.deconv3 = nnx.Conv(
-            c, c, (4, 4), padding=((2, 2), (2, 2)), input_dilation=2, use_bias=True,
-            kernel_init=_torch_default, dtype=_dtype(cfg), precision=_precision(cfg), rngs=rngs,
-        )  # fmt: skip
+        self.deconv3 = TransposedConv(cfg, c, c, rngs=rngs)
         self.norm4 = _norm(c, rngs)
         self.deconv2 = _conv(cfg, c, c, 3, bias=True, rngs=rngs)
         self.norm5 = _norm(c, rngs)

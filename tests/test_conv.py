@@ -88,3 +88,44 @@ def test_unknown_implementation_is_refused():
     cfg.share_sep_impl = "fft"
     with pytest.raises(ValueError, match="share_sep_impl must be 'auto' or one of"):
         MINet(cfg)
+
+
+def _dilated_transpose(x, kernel):
+    """ConvTranspose2d(k=4, s=2, p=1) as XLA's correlation over the 2x-dilated input padded by 2."""
+    return jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 3), (1, 1, 1, 2), (1, 4, 6, 8)])
+def test_conv_transpose_2x_matches_the_dilated_form(shape):
+    kx, kk, kg = jax.random.split(jax.random.key(shape[1]), 3)
+    x = jax.random.normal(kx, shape)
+    kernel = jax.random.normal(kk, (4, 4, shape[-1], 5))
+    g = jax.random.normal(kg, (shape[0], 2 * shape[1], 2 * shape[2], 5))
+    hi = jax.lax.Precision.HIGHEST
+    got, want = conv.conv_transpose_2x(x, kernel, precision=hi), _dilated_transpose(x, kernel)
+    assert got.shape == want.shape == g.shape
+    # each output sums 4 taps x C inputs (the dilation's zeros add nothing)
+    terms = 4 * shape[-1]
+    np.testing.assert_allclose(
+        got, want, rtol=0, atol=_sum_bound(terms, float(jnp.abs(x).max() * jnp.abs(kernel).max()))
+    )
+    loss = lambda op: lambda x, w: jnp.sum(op(x, w) * g)  # noqa: E731
+    grads = jax.grad(loss(lambda x, w: conv.conv_transpose_2x(x, w, precision=hi)), argnums=(0, 1))(x, kernel)
+    refs = jax.grad(loss(_dilated_transpose), argnums=(0, 1))(x, kernel)
+    gs = float(jnp.abs(g).max())
+    bounds = (
+        _sum_bound(16 * 5, gs * float(jnp.abs(kernel).max())),
+        _sum_bound(g[..., 0].size, gs * float(jnp.abs(x).max())),
+    )
+    for a, b, bound in zip(grads, refs, bounds, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=bound)
+
+
+def test_conv_transpose_2x_gradient_against_finite_differences_in_float64():
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (1, 3, 4, 2), jnp.float64)
+        kernel = jax.random.normal(jax.random.key(1), (4, 4, 2, 3), jnp.float64)
+        check_grads(conv.conv_transpose_2x, (x, kernel), order=1, modes=("rev", "fwd"), atol=1e-7, rtol=1e-7)
