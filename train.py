@@ -15,6 +15,11 @@ README's "Where outputs go".
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before JAX is imported: see minet_jax/host.py
+    from minet_jax.host import with_huge_pages
+
+    with_huge_pages()
+
 import argparse
 import json
 import os

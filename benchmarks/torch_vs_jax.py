@@ -144,11 +144,11 @@ def worker(args) -> int:
 
 
 class Side:
-    def __init__(self, name: str, argv: list[str], python: str):
+    def __init__(self, name: str, argv: list[str], python: str, env: dict):
         self.name = name
         self.proc = subprocess.Popen(
             [python, __file__, "--worker", name, *argv],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
         )  # fmt: skip
         self.times: list[float] = []
 
@@ -167,12 +167,22 @@ class Side:
         return rss
 
 
+def _env(args) -> dict:
+    """Both sides' environment: with malloc's huge pages, as train.py runs (minet_jax/host.py),
+    unless --no-huge-pages."""
+    sys.path.insert(0, str(ROOT))
+    from minet_jax.host import huge_pages_env
+
+    env = None if args.no_huge_pages else huge_pages_env(dict(os.environ))
+    return env or dict(os.environ)
+
+
 def compare(workload: str, dtype: str, args) -> dict:
     argv = ["--workload", workload, "--dtype", dtype, "--threads", str(args.threads), "--T", str(args.T),
             "--crop", str(args.crop), "--batch", str(args.batch), "--pair", args.pair, "--warmup", str(args.warmup)]  # fmt: skip
     sides = {}
     for name in ("torch", "jax"):  # set up one at a time: compiling would disturb the other's warm-up
-        sides[name] = Side(name, argv, args.torch_python if name == "torch" else sys.executable)
+        sides[name] = Side(name, argv, args.torch_python if name == "torch" else sys.executable, _env(args))
         sides[name].ask(None)
     for _ in range(args.reps):
         for side in sides.values():
@@ -193,7 +203,8 @@ def markdown(report: dict) -> str:
     lines = [
         f"# minet-jax against PyTorch ({m['cpu']}, {m['threads']} threads each, {m['date']})",
         "",
-        f"jax {m['jax']}, torch {m['torch']}; medians of {report['reps']} alternated repetitions, each side in its own process.",
+        f"jax {m['jax']}, torch {m['torch']}; medians of {report['reps']} alternated repetitions, each side in its own "
+        f"process; GLIBC_TUNABLES={m['glibc_tunables'] or '(unset)'} for both.",
         "",
         "| workload | dtype | shape (N, H, W) | PyTorch | minet-jax | ratio | resident peak torch / jax |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -232,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         default=sys.executable,
         help="the Python that has torch (default: this one), e.g. a venv kept apart from the project's",
     )
+    p.add_argument("--no-huge-pages", action="store_true", help="run both sides without glibc.malloc.hugetlb=1")
     p.add_argument("--worker", choices=["torch", "jax"], help=argparse.SUPPRESS)
     p.add_argument("--workload", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
@@ -250,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"ratio {r['ratio_jax_over_torch']:.2f}", flush=True)  # fmt: skip
     machine = {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "threads": args.threads,
                "platform": platform.platform(), "date": time.strftime("%Y-%m-%d"), **_versions(args.torch_python)}  # fmt: skip
+    machine["glibc_tunables"] = _env(args).get("GLIBC_TUNABLES", "")
     report = {"machine": machine, "reps": args.reps, "rows": rows}
     md = markdown(report)
     print(md)

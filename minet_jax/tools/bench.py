@@ -35,6 +35,11 @@ Weights are random at the released network's scale: timings do not depend on the
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # time steps as train.py runs them (minet_jax/host.py), before JAX starts
+    from minet_jax.host import with_huge_pages
+
+    with_huge_pages()
+
 import argparse
 import copy
 import json
