@@ -141,7 +141,13 @@ def load_pretrained(path: str | Path, **overrides) -> MINet:
     """A ready model from the authors' `.pth` weights or from a minet-jax checkpoint directory.
 
     `overrides` change model settings that hold no parameters, e.g. `dtype="bfloat16"`,
-    `precision="highest"`, `T=16` or `solver={"forward": "fixed_point", "tol": 1e-3}`."""
+    `precision="highest"`, `T=16` or `solver={"forward": "fixed_point", "tol": 1e-3}`.
+
+    `dtype="bfloat16"` rounds the convolutions' inputs and kernels to bf16 (parameters and
+    normalisation statistics stay float32). On a GPU or TPU the convolutions then run in bf16. On
+    the CPU (JAX 0.10.2) XLA converts every bf16 convolution back to float32 (the optimised HLO
+    holds only f32 convolutions), so bf16 there computes in float32 on bf16-rounded values: no
+    faster (2026-12-03, 2-core AMD EPYC: README's speed table) and within 0.001 dB on SOTS-mini."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -152,7 +158,8 @@ def load_pretrained(path: str | Path, **overrides) -> MINet:
 
 def load_torch_weights(path: str | Path, **overrides) -> MINet:
     """The official MI-Net holding the weights of a PyTorch `.pth` file; `overrides` change
-    settings that hold no parameters (e.g. dtype="bfloat16", T=12, solver={"forward": ...})."""
+    settings that hold no parameters (e.g. dtype="bfloat16", T=12, solver={"forward": ...});
+    what bfloat16 computes on each backend: `load_pretrained`."""
     flat = torch_to_flat_params(load_torch_file(path))
     return model_from_flat_params(with_overrides(model_config("official"), overrides), flat, source=str(path))
 

@@ -337,7 +337,8 @@ HELP = {
     "model.rca_reduction": "the features-RCA's MLP reduction C -> C/r -> C",
     "model.input_format": "what the network sees: bgr255 (BGR 0..255, the authors' weights) | rgb01 (RGB [0, 1])",
     "model.init": "pytorch (the authors' initialisation) | identity (output path started near identity: trains fast)",
-    "model.dtype": "compute dtype of the convolutions: float32 | bfloat16 (parameters and statistics stay float32)",
+    "model.dtype": "compute dtype of the convolutions: float32 | bfloat16 (parameters and statistics stay float32; "
+    "on the CPU XLA computes bf16 convolutions in float32)",
     "model.precision": "jax.lax.Precision of the convolutions, e.g. highest; empty = backend default",
     "model.share_sep_impl": "ShareSepConv as shift (shifted sums, fast on CPU) | shift_autodiff | xla | auto",
     "model.solver.forward": "IM-block forward: unrolled (exactly T steps, as released) | fixed_point | anderson (to tol)",

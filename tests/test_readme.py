@@ -62,6 +62,9 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
     "python -m minet_jax.tools.bench --sections inference --sizes 1080x1920 --batches 8 --microbatch 1 "
     "--dtypes bfloat16": (PARSE, []),
     "python -m pytest -q -m slow": (META, []),
+    "pip install torch==2.13.0+cpu": (META, []),  # benchmark-only; tests/benchmarks run where it is installed
+    "python benchmarks/torch_vs_jax.py --output out/torch_vs_jax": (PARSE, []),  # needs torch
+    "python benchmarks/profile_step.py --output out/profile_step": (RUN, ["--crop", "16", "--batch", "1", "--T", "1"]),
     'pip install -U "jax[cuda12]==0.10.2"': (META, []),  # a GPU install; this suite runs on the CPU
     "pip install .": (META, []),  # test_config builds and installs the wheel and loads a preset from it
     "pip install -e .": (META, []),
