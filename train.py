@@ -32,6 +32,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import logging
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
@@ -193,6 +194,16 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
     if restored is not None:
         state = restored
         print(f"resumed from {mngr.directory / str(start)}", flush=True)
+    elif cfg.init_from:
+        try:
+            initial = checkpoint.initial_params(cfg.model, cfg.init_from)
+        except (OSError, ValueError) as e:  # missing, unreadable, unsafe or another architecture
+            mngr.close()
+            raise TrainingError(f"config.init_from: {checkpoint.reason(e)}") from None
+        params = state.params
+        nnx.replace_by_pure_dict(params, initial)
+        state = training.new_state(params, tx)
+        print(f"initialised from {cfg.init_from}", flush=True)
     state = jax.device_put(state, replicated)
     if is_main:
         (workdir / "config.json").write_text(cfg.to_json(indent=2))

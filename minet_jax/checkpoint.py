@@ -156,6 +156,34 @@ def load_pretrained(path: str | Path, **overrides) -> MINet:
     return load_checkpoint_model(p, **overrides)
 
 
+# Model fields that fix the parameters' shapes or what they mean (input_format: the convention the
+# weights expect). `initial_params` requires a run's config to match its source in these; T, eta,
+# the solver, dtype, precision and the implementations stay the run's own.
+ARCHITECTURE_KEYS = (
+    "variant", "channels", "dilations", "smooth_dilated", "mlf_groups", "rca", "rca_reduction", "input_format",
+)  # fmt: skip
+
+
+def initial_params(model_cfg: Mapping | ml_collections.ConfigDict, path: str | Path) -> dict:
+    """The parameters of `path` (the authors' `.pth` or a minet-jax checkpoint) to start a run of
+    model config `model_cfg` from, as a pure dict. ValueError naming every architecture field
+    (ARCHITECTURE_KEYS) in which the config and the checkpoint differ."""
+    source = load_pretrained(path)
+    saved = config_dict(source)
+    want = json.loads(model_cfg.to_json()) if isinstance(model_cfg, ml_collections.ConfigDict) else dict(model_cfg)
+    diff = [
+        f"model.{k}={want.get(k)!r} (checkpoint: {saved.get(k)!r})"
+        for k in ARCHITECTURE_KEYS
+        if want.get(k) != saved.get(k)
+    ]
+    if diff:
+        raise ValueError(
+            f"{path} holds another architecture than the config: {', '.join(diff)}; set those fields to the "
+            "checkpoint's values"
+        )
+    return params_of(source)
+
+
 def load_torch_weights(path: str | Path, **overrides) -> MINet:
     """The official MI-Net holding the weights of a PyTorch `.pth` file; `overrides` change
     settings that hold no parameters (e.g. dtype="bfloat16", T=12, solver={"forward": ...});

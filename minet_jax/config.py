@@ -137,6 +137,9 @@ def train_config(variant: str = "official") -> ml_collections.ConfigDict:
     c.model = model_config(variant)
     c.data = data_config()
     c.seed = 0
+    # Start from these parameters instead of a random init: the authors' .pth or a minet-jax
+    # checkpoint (directory or step); its architecture must match config.model (checked).
+    c.init_from = ""
     c.num_steps = 150
     c.batch_size = 4
     c.loss = "mse"  # mse | l1 | frobenius (the authors': ||out - gt||_2 on 0..255)
@@ -367,6 +370,7 @@ HELP = {
     "data.val_split": "validation split; empty = validation, else test",
     "data.val_limit": "at most this many validation images, evenly spread (0 = all)",
     "seed": "seed of initialisation, data order and augmentation (a run is a pure function of it)",
+    "init_from": "start from these weights (authors' .pth or a checkpoint; same architecture, checked); empty = random",
     "num_steps": "training steps in all; a rerun with more trains on from the last checkpoint",
     "batch_size": "global batch, sharded over all devices (a multiple of their count)",
     "loss": "mse | l1 | frobenius (the authors': ||out - gt||_2 over the batch on 0..255)",

@@ -49,6 +49,11 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
         TINY_TRAIN + TINY_DEFAULT_DATA,
     ),  # fmt: skip
     "python train.py --help": (RUN, []),
+    # the authors' 64-channel weights do not fit TINY_TRAIN's 8 channels (tests/test_train.py runs init_from)
+    "python train.py --workdir runs/finetune --set init_from=minet_its_official.pth --set model.input_format=bgr255": (
+        PARSE,
+        [],
+    ),
     "python -m minet_jax.tools.compare_solvers --quick": (PARSE, []),
     "python -m minet_jax.tools.stability --checkpoint minet_its_official.pth --image hazy.png --crop 32 "
     "--output out/st32": (RUN, ["--krylov", "6", "--max-restarts", "1", "--power-iters", "2"]),

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from minet_jax import dehaze, load_pretrained
-from minet_jax.checkpoint import CheckpointError, params_of
+from minet_jax.checkpoint import CheckpointError, build_model, params_of
 from minet_jax.config import apply_overrides, describe, load_config
 from minet_jax.image_io import read_rgb, to_uint8
 from minet_jax.metrics import psnr
@@ -351,3 +351,41 @@ def test_one_and_eight_devices_give_the_same_parameters(tiny_data, tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
         moved = max(moved, float(np.abs(np.asarray(a)).max()))
     assert moved > 0
+
+
+def test_init_from_a_checkpoint_starts_from_its_parameters(finished_run, tiny_config, tmp_path):
+    cfg, source_dir, summary = finished_run
+    source = [np.asarray(x) for x in jax.tree.leaves(params_of(load_pretrained(summary["last_checkpoint"])))]
+    lr, steps = 1e-9, 2
+    run = tiny_config(f"init_from={summary['last_checkpoint']}", f"lr={lr}", f"num_steps={steps}", "eval_every=2")
+    train.train_and_evaluate(run, tmp_path / "init")
+    got = _final_params(tmp_path / "init")
+    # Adam moves each parameter by at most about lr per step (its update is m / sqrt(v) <= 1 in size)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(got, source, strict=True)) <= 10 * lr * steps
+    fresh = [np.asarray(x) for x in jax.tree.leaves(params_of(build_model(run.model, seed=run.seed)))]
+    assert max(float(np.abs(a - b).max()) for a, b in zip(fresh, source, strict=True)) > 1e-3  # else it proves nothing
+
+
+def test_init_from_another_architecture_is_refused_in_one_line(finished_run, tiny_config, tmp_path):
+    _, _, summary = finished_run
+    run = tiny_config(f"init_from={summary['last_checkpoint']}", "model.channels=4", "num_steps=1")
+    with pytest.raises(
+        train.TrainingError, match=r"^config.init_from: .* model.channels=4 \(checkpoint: 8\); set those"
+    ) as e:
+        train.train_and_evaluate(run, tmp_path / "other")
+    assert "\n" not in str(e.value)
+    with pytest.raises(train.TrainingError, match=r"^config.init_from: checkpoint not found: .*nothing"):
+        train.train_and_evaluate(tiny_config(f"init_from={tmp_path / 'nothing'}", "num_steps=1"), tmp_path / "missing")
+
+
+def test_init_from_the_authors_weights(official_weights, tiny_config):
+    from minet_jax.checkpoint import initial_params, load_torch_weights  # noqa: PLC0415
+    from minet_jax.config import model_config  # noqa: PLC0415
+
+    want = params_of(load_torch_weights(official_weights))
+    got = initial_params(model_config("official"), official_weights)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    rgb = apply_overrides(model_config("official"), ["input_format=rgb01"])
+    with pytest.raises(ValueError, match=r"model.input_format='rgb01' \(checkpoint: 'bgr255'\)"):
+        initial_params(rgb, official_weights)
