@@ -85,7 +85,8 @@ class ShareSepConv(nnx.Module):
 class TransposedConv(nnx.Module):
     """PyTorch ConvTranspose2d(cin, cout, 4, stride=2, padding=1) with bias. The kernel is stored
     spatially flipped, HWIO (convert.py does the flip), as nnx.Conv's over the 2x-dilated input
-    padded by 2 would be; it is computed as `conv.conv_transpose_2x`, fast on every backend."""
+    padded by 2 would be; it is computed as `conv.conv_transpose_2x` (measured 5.7x faster with its
+    gradients on the CPU; not yet timed on a GPU, where it does 2.25x the multiply-adds)."""
 
     def __init__(self, cfg, cin: int, cout: int, *, rngs: nnx.Rngs):
         self.kernel = nnx.Param(_torch_default(rngs.params(), (4, 4, cin, cout), jnp.float32))
