@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 SHAPES = {"infer": (1, 460, 620)}
 
 
@@ -39,6 +40,7 @@ def _pin(threads: int) -> None:
 
 
 def _rss_peak() -> int:
+    # not minet_jax.tools.measure.peak_rss_bytes: it imports JAX, which the torch side may lack
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
@@ -52,8 +54,6 @@ def _shape(args) -> tuple[int, int, int]:
 def _torch_runner(args):
     import numpy as np
     import torch
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from torch_minet import MINet
 
     torch.set_num_threads(args.threads)
@@ -92,7 +92,6 @@ def _jax_runner(args):
     import numpy as np
     from flax import nnx
 
-    sys.path.insert(0, str(ROOT))
     from minet_jax.config import model_config
     from minet_jax.model import MINet
     from minet_jax.tools.bench import bench_config, random_model
@@ -170,7 +169,6 @@ class Side:
 def _env(args) -> dict:
     """Both sides' environment: with malloc's huge pages, as train.py runs (minet_jax/host.py),
     unless --no-huge-pages."""
-    sys.path.insert(0, str(ROOT))
     from minet_jax.host import huge_pages_env
 
     env = None if args.no_huge_pages else huge_pages_env(dict(os.environ))
@@ -260,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
             r = rows[-1]
             print(f"{workload} {dtype}: torch {r['torch_median_s']:.3f} s, jax {r['jax_median_s']:.3f} s, "
                   f"ratio {r['ratio_jax_over_torch']:.2f}", flush=True)  # fmt: skip
-    machine = {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "threads": args.threads,
+    from minet_jax.tools.measure import cpu_name  # the driver runs in the project's environment
+
+    machine = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "threads": args.threads,
                "platform": platform.platform(), "date": time.strftime("%Y-%m-%d"), **_versions(args.torch_python)}  # fmt: skip
     machine["glibc_tunables"] = _env(args).get("GLIBC_TUNABLES", "")
     report = {"machine": machine, "reps": args.reps, "rows": rows}
@@ -272,16 +272,6 @@ def main(argv: list[str] | None = None) -> int:
         (out / "torch_vs_jax.json").write_text(json.dumps(report, indent=1))
         (out / "torch_vs_jax.md").write_text(md)
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -171,15 +171,11 @@ def initial_params(model_cfg: Mapping | ml_collections.ConfigDict, path: str | P
     source = load_pretrained(path)
     saved = config_dict(source)
     want = json.loads(model_cfg.to_json()) if isinstance(model_cfg, ml_collections.ConfigDict) else dict(model_cfg)
-    diff = [
-        f"model.{k}={want.get(k)!r} (checkpoint: {saved.get(k)!r})"
-        for k in ARCHITECTURE_KEYS
-        if want.get(k) != saved.get(k)
-    ]
+    diff = config_diff({k: saved.get(k) for k in ARCHITECTURE_KEYS}, {k: want.get(k) for k in ARCHITECTURE_KEYS})
     if diff:
         raise ValueError(
-            f"{path} holds another architecture than the config: {', '.join(diff)}; set those fields to the "
-            "checkpoint's values"
+            f"{path} holds another architecture than the config (model.{'; model.'.join(diff)}): set those "
+            "fields to the checkpoint's values"
         )
     return params_of(source)
 

@@ -29,14 +29,14 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array, precision=None) -> jax.Ar
     the kernel of the equivalent correlation over the 2x-dilated input padded by 2."""
     n, h, w, cin = x.shape
     cout = kernel.shape[-1]
+
     # Output pixel (2m + a, 2k + b) sees input rows m + a - 1 + i, i in {0, 1}, through flipped
-    # tap a + 2i (columns alike): offset o = a - 1 + i from m sits at row o + 1 of a 3x3 kernel.
-    k3 = jnp.zeros((3, 3, cin, 2, 2, cout), kernel.dtype)
-    for a in (0, 1):
-        for b in (0, 1):
-            for i in (0, 1):
-                for j in (0, 1):
-                    k3 = k3.at[a + i, b + j, :, a, b, :].set(kernel[a + 2 * i, b + 2 * j])
+    # tap a + 2i (columns alike): offset a - 1 + i from m is row a + i of a 3x3 kernel, so phase
+    # (a, b)'s taps kernel[a::2, b::2] sit in rows a..a+1, columns b..b+1.
+    def phase(a: int, b: int) -> jax.Array:
+        return jnp.pad(kernel[a::2, b::2], ((a, 1 - a), (b, 1 - b), (0, 0), (0, 0)))
+
+    k3 = jnp.stack([jnp.stack([phase(a, b) for b in (0, 1)], axis=3) for a in (0, 1)], axis=3)  # 3,3,in,2,2,out
     y = lax.conv_general_dilated(
         x, k3.reshape(3, 3, cin, 4 * cout), (1, 1), ((1, 1), (1, 1)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,

@@ -370,7 +370,7 @@ def test_init_from_another_architecture_is_refused_in_one_line(finished_run, tin
     _, _, summary = finished_run
     run = tiny_config(f"init_from={summary['last_checkpoint']}", "model.channels=4", "num_steps=1")
     with pytest.raises(
-        train.TrainingError, match=r"^config.init_from: .* model.channels=4 \(checkpoint: 8\); set those"
+        train.TrainingError, match=r"^config.init_from: .*\(model.channels: checkpoint 8, config 4\): set those"
     ) as e:
         train.train_and_evaluate(run, tmp_path / "other")
     assert "\n" not in str(e.value)
@@ -387,5 +387,5 @@ def test_init_from_the_authors_weights(official_weights, tiny_config):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     rgb = apply_overrides(model_config("official"), ["input_format=rgb01"])
-    with pytest.raises(ValueError, match=r"model.input_format='rgb01' \(checkpoint: 'bgr255'\)"):
+    with pytest.raises(ValueError, match=r"\(model.input_format: checkpoint 'bgr255', config 'rgb01'\)"):
         initial_params(rgb, official_weights)

@@ -30,6 +30,17 @@ NOMINAL_PEAK = {
 }
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     """What ran the measurement."""
     dev = jax.devices()[0]
@@ -37,7 +48,7 @@ def machine() -> dict:
         "backend": jax.default_backend(),
         "device": getattr(dev, "device_kind", str(dev)),
         "device_count": jax.device_count(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
