@@ -84,6 +84,11 @@ def model_config(variant: str = "official") -> ml_collections.ConfigDict:
             # convolution on CPU), "shift_autodiff" (the same sums, JAX's own gradient), "xla", or
             # "auto" = shift on CPU, xla elsewhere. Same values.
             share_sep_impl="auto",
+            # The IM-block convolutions' gradient: "explicit" (input gradient as a forward
+            # convolution with the flipped kernel, minet_jax/conv.py; reverse mode only; XLA's
+            # CPU backend otherwise leaves its fast path inside the implicit backward's adjoint
+            # loop), "lax" (JAX's own rule, any mode), or "auto" = explicit on CPU. Same values.
+            conv_vjp="auto",
             solver=solver_config(),
         )
     )
@@ -344,6 +349,7 @@ HELP = {
     "on the CPU XLA computes bf16 convolutions in float32)",
     "model.precision": "jax.lax.Precision of the convolutions, e.g. highest; empty = backend default",
     "model.share_sep_impl": "ShareSepConv as shift (shifted sums, fast on CPU) | shift_autodiff | xla | auto",
+    "model.conv_vjp": "IM-block convolutions' gradient: explicit (fast in the adjoint loop on CPU) | lax | auto",
     "model.solver.forward": "IM-block forward: unrolled (exactly T steps, as released) | fixed_point | anderson (to tol)",
     "model.solver.backward": "gradient: unrolled (backprop through the steps) | implicit (adjoint solve) | phantom",
     "model.solver.unroll": "lax.scan unroll factor; 0 = auto (fully unrolled on CPU, where a rolled scan is ~50x slower)",
@@ -405,6 +411,7 @@ CHOICES = {
     "model.init": ("pytorch", "identity"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.share_sep_impl": ("auto", "shift", "shift_autodiff", "xla"),
+    "model.conv_vjp": ("auto", "explicit", "lax"),
     "model.solver.forward": ("unrolled", "fixed_point", "anderson"),
     "model.solver.backward": ("unrolled", "implicit", "phantom"),
     "model.solver.backward_solver": ("fixed_point", "anderson", "gmres"),

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from minet_jax import linalg, solvers
-from minet_jax.model import MINet, field_fn, share_sep_impl
+from minet_jax.model import MINet, conv_vjp, field_fn, share_sep_impl
 
 Array = jax.Array
 F = solvers.F
@@ -203,10 +203,11 @@ def jacobian_penalty(
 def forward_mode_model(model: MINet) -> MINet:
     """`model` with the same parameters, built with layers that forward mode can differentiate.
 
-    On CPU, ShareSepConv runs as shifted sums with a hand-written (custom_vjp) gradient, which
-    jacfwd / jvp / linearize cannot go through; `share_sep_impl="shift_autodiff"` is the same op
+    On CPU, ShareSepConv runs as shifted sums with a hand-written (custom_vjp) gradient and the
+    IM-block convolutions with another (`conv_vjp="explicit"`), which jacfwd / jvp / linearize
+    cannot go through; `share_sep_impl="shift_autodiff"` and `conv_vjp="lax"` are the same ops
     left to JAX's autodiff. Values are identical."""
-    if share_sep_impl(model.config) != "shift":
+    if share_sep_impl(model.config) != "shift" and conv_vjp(model.config) != "explicit":
         return model
     return nnx.merge(_forward_mode_graphdef(model.config.to_json()), nnx.state(model))
 
@@ -215,7 +216,9 @@ def forward_mode_model(model: MINet) -> MINet:
 def _forward_mode_graphdef(config_json: str) -> nnx.GraphDef:
     cfg = ml_collections.ConfigDict(json.loads(config_json))
     cfg.dilations = tuple(cfg.dilations)
-    cfg.share_sep_impl = "shift_autodiff"
+    if share_sep_impl(cfg) == "shift":
+        cfg.share_sep_impl = "shift_autodiff"
+    cfg.conv_vjp = "lax"
     return nnx.graphdef(nnx.eval_shape(lambda: MINet(cfg, rngs=nnx.Rngs(0))))
 
 

@@ -42,12 +42,25 @@ def share_sep_impl(cfg: ml_collections.ConfigDict) -> str:
     return impl
 
 
-def _conv(cfg, cin, cout, k, *, stride=1, dilation=1, bias=False, groups=1, init=_kaiming, rngs):
+def conv_vjp(cfg: ml_collections.ConfigDict) -> str:
+    """`cfg.conv_vjp` with "auto" resolved for the current backend."""
+    mode = cfg.get("conv_vjp", "auto")
+    if mode == "auto":
+        # Only XLA's CPU backend misses its fast path for JAX's input-gradient form inside while
+        # loops (conv.py); elsewhere JAX's own rule is kept.
+        mode = "explicit" if jax.default_backend() == "cpu" else "lax"
+    if mode not in ("explicit", "lax"):
+        raise ValueError(f"model.conv_vjp must be 'auto', 'explicit' or 'lax', got {mode!r}")
+    return mode
+
+
+def _conv(cfg, cin, cout, k, *, stride=1, dilation=1, bias=False, groups=1, init=_kaiming, explicit_vjp=False, rngs):
     pad = dilation * (k - 1) // 2
+    fn = conv.conv_general_dilated_explicit_vjp if explicit_vjp else jax.lax.conv_general_dilated
     return nnx.Conv(
         cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)),
         kernel_dilation=dilation, use_bias=bias, feature_group_count=groups, kernel_init=init,
-        dtype=_dtype(cfg), precision=_precision(cfg), rngs=rngs,
+        dtype=_dtype(cfg), precision=_precision(cfg), conv_general_dilated=fn, rngs=rngs,
     )  # fmt: skip
 
 
@@ -118,16 +131,19 @@ class IMField(nnx.Module):
     """The vector field f of an IM-block: ReLU(IN(conv2(S(ReLU(IN(conv1_d(S(x)))))))).
 
     S is an optional ShareSepConv(2d - 1) smoothing before each conv (d > 1, authors' code).
+    With `conv_vjp` "explicit" the two convolutions have a reverse-mode-only gradient whose
+    input gradient is a forward convolution (conv.py): the solvers' while loops need it on CPU.
     """
 
     def __init__(self, cfg, c: int, dilation: int, *, rngs: nnx.Rngs):
         smooth = cfg.smooth_dilated and dilation > 1
         impl = share_sep_impl(cfg)
+        explicit = conv_vjp(cfg) == "explicit"
         self.pre_conv1 = ShareSepConv(2 * dilation - 1, impl) if smooth else None
-        self.conv1 = _conv(cfg, c, c, 3, dilation=dilation, rngs=rngs)
+        self.conv1 = _conv(cfg, c, c, 3, dilation=dilation, explicit_vjp=explicit, rngs=rngs)
         self.norm1 = _norm(c, rngs)
         self.pre_conv2 = ShareSepConv(2 * dilation - 1, impl) if smooth else None
-        self.conv2 = _conv(cfg, c, c, 3, rngs=rngs)
+        self.conv2 = _conv(cfg, c, c, 3, explicit_vjp=explicit, rngs=rngs)
         self.norm2 = _norm(c, rngs)
 
     def __call__(self, x: Array) -> Array:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minet_jax import jacobian, solvers
+from minet_jax import conv, jacobian, solvers
 from minet_jax.config import model_config
 from minet_jax.model import IMBlock, MINet, field_fn, share_sep_impl
 
@@ -76,6 +76,7 @@ def small_block():
     cfg = model_config("official")
     if share_sep_impl(cfg) == "shift":  # what jacobian.forward_mode_model does for a whole MINet
         cfg.share_sep_impl = "shift_autodiff"  # the same op (same values) left to JAX's autodiff
+    cfg.conv_vjp = "lax"  # likewise for the convolutions
     block = IMBlock(cfg, 8, dilation=2, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(block.f)
     f = field_fn(graphdef)
@@ -181,14 +182,17 @@ def test_descending_the_penalty_brings_the_exact_radius_under_one(small_block, k
 
 
 def test_forward_mode_model_keeps_values_and_parameters():
-    """On CPU ShareSepConv's fast op has only a reverse-mode rule; forward_mode_model swaps in the
-    same sums left to JAX's autodiff, so jvp goes through a block's field, with the same values."""
+    """On CPU ShareSepConv's fast op and the block convolutions have only reverse-mode rules;
+    forward_mode_model swaps in the same ops left to JAX's autodiff, so jvp goes through a block's
+    field, with the same values."""
     cfg = model_config("official")
-    cfg.channels, cfg.T, cfg.share_sep_impl = 4, 1, "shift"
+    cfg.channels, cfg.T, cfg.share_sep_impl, cfg.conv_vjp = 4, 1, "shift", "explicit"
     model = MINet(cfg, rngs=nnx.Rngs(0))
     fm = jacobian.forward_mode_model(model)
     assert {b.f.pre_conv1.impl for b in fm.blocks[1:]} == {"shift_autodiff"}
     assert {b.f.pre_conv1.impl for b in model.blocks[1:]} == {"shift"}  # the original is untouched
+    assert {b.f.conv1.conv_general_dilated for b in fm.blocks} == {jax.lax.conv_general_dilated}
+    assert {b.f.conv2.conv_general_dilated for b in model.blocks} == {conv.conv_general_dilated_explicit_vjp}
     for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(fm)), strict=True):
         np.testing.assert_array_equal(a, b)
     g = jax.random.normal(jax.random.key(0), (1, 6, 6, 4))

@@ -380,3 +380,13 @@ def test_minet_block_implicit_matches_unrolled():
     unr, _ = param_grad(make_cfg(unroll=1), 40)
     assert float(stats.residual) < 1e-6
     assert cosine(imp, unr) > 0.99 and rel_err(imp, unr) < 1e-3
+
+
+def test_one_step_is_written_out_not_a_loop():
+    """A one-step scan stays a while loop (unroll 1 reads as rolled), and XLA's CPU backend then
+    leaves its fast convolutions in the phantom k = 1 backward: T = 1 must trace no loop."""
+    params, g0 = problem()
+    jaxpr = str(jax.make_jaxpr(lambda p, g: solvers.unrolled(field, p, g, T=1, unroll=True)[0])(params, g0))
+    assert "scan" not in jaxpr and "while" not in jaxpr
+    want = g0 + field(params, g0)
+    np.testing.assert_array_equal(solvers.unrolled(field, params, g0, T=1)[0], want)
