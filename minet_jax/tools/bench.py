@@ -27,7 +27,9 @@ forward) has its loop body counted once: its FLOPs are a lower bound and no rate
 
 Memory: XLA's memory analysis is an estimate, and on CPU a low one (a 1080p forward: 1062 MiB
 estimated, 3617 MiB resident). `--isolate` runs every row in its own process and records its
-peak resident memory (`peak_rss_bytes`) beside the peak before the row's work began.
+peak resident memory (`peak_rss_bytes`) beside the peak before the row's work began; training rows
+also record the peak of their timed steps alone (`rss_steps_peak_bytes`: the peak is restarted
+after compilation, with the heap's free memory handed back first), which is what training holds.
 
 Prints Markdown tables and writes OUTPUT/bench.json (with the machine named) and bench.md.
 Weights are random at the released network's scale: timings do not depend on them.
@@ -66,6 +68,7 @@ from minet_jax.tools.measure import (
     memory,
     nominal_peak,
     peak_rss_bytes,
+    reset_peak_rss,
     synthetic_batch,
     timed,
 )
@@ -171,14 +174,16 @@ def bench_training(pair: str, dtype: str, crop: int, batch: int, T: int, repeats
     step = compile_train_step(cfg, params, data)
     c = cost(step.compiled)
     flops, loop = conv_flops(jax.make_jaxpr(step.step_fn)(step.state, data).jaxpr)
+    reset = reset_peak_rss()
     first, times = timed(lambda s: step.compiled(s, data), step.state, repeats=repeats)
+    steps_peak = peak_rss_bytes() if reset else None
     med = statistics.median(times)
     row = {
         "section": "training", "name": _name(pair, overrides), "pair": pair, "dtype": dtype, "crop": crop,
         "batch": batch, "T": T, "repeats": repeats, "compile_s": step.compile_s, "first_run_s": first,
         "median_s": med, "min_s": min(times), "max_s": max(times), "images_per_s": batch / med,
         "conv_flops_per_step": flops, "flops_exact": not loop, "xla_flops_per_step": c["flops"],
-        **memory(step.compiled),
+        "rss_steps_peak_bytes": steps_peak, **memory(step.compiled),
     }  # fmt: skip
     _roofline(row, flops if not loop else None, med, peaks)
     return row
@@ -204,7 +209,8 @@ def _rss(r: dict) -> str:
 
 def markdown(report: dict) -> str:
     m = report["machine"]
-    lines = [f"machine: {m['device']} ({m['backend']}, {m['device_count']} device(s), {m['cpu_count']} CPU cores), "
+    cpu = f"{m['cpu']}, " if m.get("cpu") else ""
+    lines = [f"machine: {m['device']} ({m['backend']}, {m['device_count']} device(s), {cpu}{m['cpu_count']} CPU cores), "
              f"JAX {m['jax']}", ""]  # fmt: skip
     if report.get("peak"):
         lines += ["| dtype | matmul n | measured GFLOP/s | nominal GFLOP/s |", "|---|---|---|---|"]
@@ -232,8 +238,8 @@ def markdown(report: dict) -> str:
         lines += [
             "| training step | dtype | crop x batch | T | median s | images/s | GFLOP/step (convs; XLA) | GFLOP/s "
             "| of measured peak "
-            "| XLA MiB | device peak MiB | RSS MiB: peak (before) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| XLA MiB | device peak MiB | RSS MiB: peak (before) | RSS MiB: peak of the steps |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in report["training"]:
             fl = f"{_g(r['conv_flops_per_step'], 1e9)}; {_g(r['xla_flops_per_step'], 1e9)}" + (
@@ -243,7 +249,8 @@ def markdown(report: dict) -> str:
                 f"| {r['name']} | {r['dtype']} | {r['crop']}x{r['batch']} | {r['T']} | {r['median_s']:.3f} | "
                 f"{r['images_per_s']:.3f} | {fl} | {_g(r['achieved_flops_per_s'], 1e9)} | "
                 f"{_g(r['fraction_of_measured_peak'], fmt='{:.1%}')} | {_g(r['xla_peak_bytes'], 2**20, '{:.0f}')} | "
-                f"{_g(r['device_peak_bytes'], 2**20, '{:.0f}')} | {_rss(r)} |"
+                f"{_g(r['device_peak_bytes'], 2**20, '{:.0f}')} | {_rss(r)} | "
+                f"{_g(r.get('rss_steps_peak_bytes'), 2**20, '{:.0f}')} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -310,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-crop", type=int, default=None)
     parser.add_argument("--train-batch", type=int, default=None)
     parser.add_argument("--train-repeats", type=int, default=None)
-    parser.add_argument("--T", type=int, default=8)
+    parser.add_argument("--T", default="8", help="comma-separated IM-block step counts of the training rows, e.g. 8,16")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="training-config override for every row, e.g. --set model.share_sep_impl=xla, "
                         "--set stability.weight=1.0 (repeatable; inference rows take the model.* ones)")  # fmt: skip
@@ -330,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--sections: unknown {sorted(unknown)}; choose from peak, inference, training")
     dtypes = _csv(args.dtypes)
+    try:
+        Ts = [int(v) for v in _csv(args.T)]
+    except ValueError:
+        parser.error(f"--T: expected comma-separated integers, got {args.T!r}")
+    if not Ts or min(Ts) < 1:
+        parser.error(f"--T: expected positive integers, got {args.T!r}")
     try:
         overrides = parse_overrides(args.set)
         bench_config(overrides)  # refuses unknown keys and wrong types before anything runs
@@ -361,14 +374,15 @@ def main(argv: list[str] | None = None) -> int:
                     save()
     if "training" in sections:
         report["training"] = []
-        for pair in _csv(args.pairs):
-            for dtype in dtypes:
-                row = run_row("training", dict(pair=pair, dtype=dtype, crop=args.train_crop, batch=args.train_batch,
-                              T=args.T, repeats=args.train_repeats, peaks=report["peak"], overrides=overrides),
-                              args.isolate)  # fmt: skip
-                print(f"training {row['name']} {dtype}: {row['median_s']:.3f} s", flush=True)
-                report["training"].append(row)
-                save()
+        for T in Ts:
+            for pair in _csv(args.pairs):
+                for dtype in dtypes:
+                    row = run_row("training", dict(pair=pair, dtype=dtype, crop=args.train_crop, batch=args.train_batch,
+                                  T=T, repeats=args.train_repeats, peaks=report["peak"], overrides=overrides),
+                                  args.isolate)  # fmt: skip
+                    print(f"training {row['name']} {dtype} T={T}: {row['median_s']:.3f} s", flush=True)
+                    report["training"].append(row)
+                    save()
     print(markdown(report))
     save()
     return 0

@@ -78,6 +78,23 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
+def reset_peak_rss() -> bool:
+    """Start a new peak of resident memory now (Linux: /proc/self/clear_refs), after handing the
+    heap's free memory back (glibc's malloc_trim), so that the next `peak_rss_bytes` measures what
+    came after (e.g. training steps without their compilation). False where it cannot."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def timed(fn, *args, repeats: int) -> tuple[float, list[float]]:
     """(first call s, wall times of `repeats` further calls), each waited for with block_until_ready."""
     t0 = time.perf_counter()

@@ -1,0 +1,504 @@
+"""The solver study: MI-Net trained on real haze with each IM-block solver, and a DEQ-MI-Net.
+
+    python -m minet_jax.tools.solver_study --preset cpu --output runs/solver_study
+    python -m minet_jax.tools.solver_study --preset gpu --output runs/solver_study_gpu
+    python -m minet_jax.tools.solver_study --preset cpu --output runs/solver_study --tracks scratch --runs unrolled,deq
+
+Two tracks, the same budget (steps, crop, batch, seed) for every run of a track:
+
+- `scratch`: configs/default.py's network (RGB [0, 1], output path started near the identity)
+  trained from a random init;
+- `finetune`: the authors' released network (BGR 0..255) started from their weights
+  (`config.init_from`, ../shared/weights/minet_its_official.pth by default).
+
+Runs (`RUNS`): `unrolled` (T = 8, backprop through the steps: the paper's network), `phantom`
+(T = 8 forward, k = 1 phantom gradient), `implicit` (T = 8 forward, implicit backward), `deq`
+(configs/deq.py's solver: Anderson forward to a tolerance, implicit backward, the stability term)
+and `deq_no_stability` (the same without the term). Training data: `--train-data` (default
+../shared/data/sots-indoor-train, real SOTS-indoor haze), validated along the way on
+`val_subset` images of `--val-data` (sots-indoor-val: scenes training never sees).
+
+Every run is `python train.py` in OUTPUT/<track>/<run> (its own process, so its peak resident
+memory is the run's own), so an interrupted study resumes where it stopped: rerun the same
+command. A finished run is then analysed once (OUTPUT/<track>/<run>/analysis.json): PSNR / SSIM on
+every validation image; forward iterations and final residual of each block on every whole
+validation image; the spectral radius of eta J_f of each block (restarted Arnoldi) on
+`probe_images` whole validation images and on as many training-size crops, and whether Theorem 1
+holds. A run that fails (a diverging loss, say) is reported as failed with train.py's message.
+Writes OUTPUT/solver_study.json, .md and .png (validation PSNR against step and training time).
+
+These models have seen SOTS scenes (../shared/data/README.md): their numbers compare methods with
+each other and are never SOTS benchmark results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared"
+TRAIN_PY = ROOT / "train.py"
+
+# Solver settings of each run (training-config overrides on top of the track's); the DEQ runs
+# take theirs from configs/deq.py (`deq_overrides`).
+RUNS: dict[str, dict[str, Any]] = {
+    "unrolled": {"model.solver.forward": "unrolled", "model.solver.backward": "unrolled"},
+    "phantom": {
+        "model.solver.forward": "unrolled",
+        "model.solver.backward": "phantom",
+        "model.solver.phantom_steps": 1,
+    },
+    # The adjoint as configs/deq.py solves it (tolerance 1e-2: gradient cosine >= 0.99999 with the
+    # converged adjoint's at init, benchmarks/results/adjoint_tolerance_cpu).
+    "implicit": {"model.solver.forward": "unrolled", "model.solver.backward": "implicit", "deq_backward": True},
+    "deq": {"deq": True, "stability": True},
+    "deq_no_stability": {"deq": True, "stability": False},
+}
+TRACKS = ("scratch", "finetune")
+
+# Budgets. `overrides` apply to every run (the tiny preset shrinks the network for tests).
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~20 min a run on a 2-core CPU (both tracks, 10 runs: ~4 h).
+    "cpu": dict(
+        steps=400,
+        crop=64,
+        batch=8,
+        eval_every=100,
+        val_subset=8,
+        val_limit=0,
+        probe_images=2,
+        probe_krylov=20,
+        probe_restarts=2,
+        overrides={},
+    ),  # fmt: skip
+    "gpu": dict(
+        steps=5000,
+        crop=128,
+        batch=16,
+        eval_every=500,
+        val_subset=16,
+        val_limit=0,
+        probe_images=2,
+        probe_krylov=30,
+        probe_restarts=5,
+        overrides={},
+    ),  # fmt: skip
+    # Seconds, for the test suite.
+    "tiny": dict(
+        steps=2,
+        crop=16,
+        batch=2,
+        eval_every=1,
+        val_subset=1,
+        val_limit=2,
+        probe_images=1,
+        probe_krylov=4,
+        probe_restarts=0,
+        overrides={"model.channels": 4, "model.T": 2},
+    ),  # fmt: skip
+}
+TRACK_SETTINGS = {
+    "scratch": {"lr": 2e-3, "lr_decay_every_fraction": 0.25},
+    "finetune": {"lr": 1e-4, "lr_decay_every_fraction": 0.0},
+}
+
+
+class StudyError(RuntimeError):
+    """The study cannot run as asked (the message says why)."""
+
+
+# --- configs ---
+
+
+def run_overrides(track: str, run: str, preset: dict, train_data: Path, val_data: Path, weights: Path) -> dict:
+    """Every training-config override of one run: track, budget, data, then the run's solver."""
+    t = TRACK_SETTINGS[track]
+    steps = int(preset["steps"])
+    decay = int(steps * t["lr_decay_every_fraction"])
+    o: dict[str, Any] = {
+        "num_steps": steps, "batch_size": preset["batch"], "seed": 0, "lr": t["lr"],
+        "lr_decay_every": decay, "lr_decay_factor": 0.5,
+        "eval_every": preset["eval_every"], "checkpoint_every": preset["eval_every"], "log_every": 1,
+        "image_every": steps, "progress": False,
+        "data.name": "paired", "data.manual_dir": str(train_data), "data.crop_size": preset["crop"],
+        "data.fresh_haze": False, "data.val_name": "paired", "data.val_manual_dir": str(val_data),
+        "data.val_split": "train", "data.val_limit": preset["val_subset"],
+        "stability.every": 0,
+    }  # fmt: skip
+    if track == "finetune":
+        o.update({"model.input_format": "bgr255", "model.init": "pytorch", "init_from": str(weights)})
+    o.update(preset.get("overrides", {}))
+    o.update(solver_overrides(run))
+    return o
+
+
+def solver_overrides(run: str) -> dict[str, Any]:
+    """The training-config overrides of `run`'s solver (RUNS, with configs/deq.py's settings)."""
+    from minet_jax.config import load_config  # noqa: PLC0415
+
+    spec = dict(RUNS[run])
+    deq = load_config("deq")
+    out = {k: v for k, v in spec.items() if "." in k}
+    if spec.get("deq") or spec.get("deq_backward"):
+        keys = (
+            deq.model.solver.keys() if spec.get("deq") else [k for k in deq.model.solver if k.startswith("backward_")]
+        )
+        out.update({f"model.solver.{k}": deq.model.solver[k] for k in keys if k != "backward"} | out)
+    if spec.get("deq"):
+        out["model.solver.backward"] = deq.model.solver.backward
+        if spec["stability"]:
+            out.update({f"stability.{k}": deq.stability[k] for k in ("weight", "kind", "margin", "samples")})
+        else:
+            out["stability.weight"] = 0.0
+    return out
+
+
+def _value(v: Any) -> str:
+    return json.dumps(v) if not isinstance(v, str) else v
+
+
+# --- running ---
+
+
+def train(workdir: Path, overrides: dict, log) -> dict:
+    """`python train.py` in `workdir` (resuming there). Returns {"returncode", "peak_rss_bytes",
+    "message"}; the peak is the largest over every part of the run so far (run.json)."""
+    if not TRAIN_PY.is_file():
+        raise StudyError(f"{TRAIN_PY}: not found; the study runs train.py from a checkout of minet-jax")
+    workdir.mkdir(parents=True, exist_ok=True)
+    record_path = workdir / "run.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {"parts": []}
+    cmd = [sys.executable, str(TRAIN_PY), "--workdir", str(workdir)]
+    for k, v in overrides.items():
+        cmd += ["--set", f"{k}={_value(v)}"]
+    log(f"{workdir}: python train.py ... ({len(overrides)} overrides)")
+    t0 = time.time()
+    with open(workdir / "train.log", "a", encoding="utf-8") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    tail = (workdir / "train.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+    record["parts"].append({"returncode": code, "seconds": round(time.time() - t0, 1),
+                            "peak_rss_bytes": usage.ru_maxrss * 1024})  # fmt: skip
+    record["command"] = cmd
+    record_path.write_text(json.dumps(record, indent=1))
+    return {
+        "returncode": code,
+        "peak_rss_bytes": max(p["peak_rss_bytes"] for p in record["parts"]),
+        "message": tail[0] if code else "",
+    }
+
+
+def _center_crop(x: np.ndarray, size: int) -> np.ndarray:
+    h, w = x.shape[:2]
+    s = min(size, h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return x[top : top + s, left : left + s]
+
+
+def analyze(workdir: Path, overrides: dict, preset: dict, log) -> dict:
+    """Validation on every image, forward statistics per block on whole images and Theorem 1
+    probes of the run's last checkpoint; cached in analysis.json."""
+    summary = json.loads((workdir / "summary.json").read_text())
+    cached = workdir / "analysis.json"
+    if cached.is_file() and (old := json.loads(cached.read_text())).get("step") == summary["steps"]:
+        return old  # else the run has trained on since: analyse its new last checkpoint
+    import jax  # noqa: PLC0415 (the study's driver needs no JAX until it analyses)
+    from flax import nnx  # noqa: PLC0415
+
+    from minet_jax import input_pipeline, jacobian, training  # noqa: PLC0415
+    from minet_jax.checkpoint import load_checkpoint_model  # noqa: PLC0415
+    from minet_jax.config import apply_overrides, load_config  # noqa: PLC0415
+    from minet_jax.image_io import to_uint8  # noqa: PLC0415
+    from minet_jax.inference import from_network, to_network  # noqa: PLC0415
+    from minet_jax.metrics import psnr, ssim  # noqa: PLC0415
+
+    model = load_checkpoint_model(summary["last_checkpoint"])
+    cfg = apply_overrides(load_config("default"), list(overrides.items()))
+    cfg.data.val_limit = preset["val_limit"]
+    log(f"{workdir}: validating on {'all' if not cfg.data.val_limit else cfg.data.val_limit} images")
+    images = input_pipeline.val_images(cfg.data)
+    graphdef, state = nnx.split(model)
+    fmt = model.config.input_format
+
+    @jax.jit
+    def forward(state, hazy):
+        y, aux = nnx.merge(graphdef, state)(to_network(hazy, fmt), with_aux=True)
+        stats = aux["solver_stats"]
+        return from_network(y, fmt), [s.iterations for s in stats], [s.residual for s in stats]
+
+    # train.py's validation metrics (outputs rounded to uint8), with the solver statistics.
+    ps, ss, iters, residuals = [], [], [], []
+    for ex in images:
+        y, it, res = forward(state, ex["hazy"][None])
+        out_u8, clear_u8 = to_uint8(np.asarray(y)[0]), to_uint8(ex["clear"])
+        ps.append(psnr(out_u8, clear_u8))
+        ss.append(ssim(out_u8, clear_u8))
+        iters.append([int(v) for v in it])
+        residuals.append([float(v) for v in res])
+    val = {"val_psnr": float(np.mean(ps)), "val_ssim": float(np.mean(ss))}
+    iters, residuals = np.asarray(iters), np.asarray(residuals)
+    solver = model.config.solver
+    tol = float(solver.tol) if solver.forward != "unrolled" else None
+    forward_stats = {
+        "iterations_mean": iters.mean(0).tolist(), "iterations_max": iters.max(0).tolist(),
+        "residual_max": residuals.max(0).tolist(), "tol": tol,
+        "converged_all": None if tol is None else bool((residuals < tol).all()),
+    }  # fmt: skip
+
+    def probe(x01: np.ndarray) -> list[float]:
+        r = jacobian.analyze_model(
+            model, to_network(jax.numpy.asarray(x01[None]), fmt), method="arnoldi",
+            krylov=preset["probe_krylov"], max_restarts=preset["probe_restarts"], tol=1e-3, power_iters=1,
+        )  # fmt: skip
+        return [b["spectral_radius"] for b in r["blocks"]]
+
+    picks = [images[i] for i in np.linspace(0, len(images) - 1, preset["probe_images"]).astype(int)]
+    log(f"{workdir}: spectral radii on {len(picks)} whole images and crops")
+    rho_whole = [probe(ex["hazy"]) for ex in picks]
+    rho_crop = [probe(_center_crop(ex["hazy"], preset["crop"])) for ex in picks]
+    rho_whole_max = np.max(rho_whole, 0).tolist()
+    result = {
+        "step": summary["steps"], "val_psnr": val["val_psnr"], "val_ssim": val["val_ssim"], "val_images": len(images),
+        "input": training.input_quality(images), "forward": forward_stats,
+        "rho_whole": rho_whole, "rho_crop": rho_crop, "rho_whole_max": rho_whole_max,
+        "rho_crop_max": np.max(rho_crop, 0).tolist(), "theorem1_holds_whole": bool(max(rho_whole_max) < 1.0),
+    }  # fmt: skip
+    cached.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def curves(workdir: Path, batch: int) -> dict:
+    """Validation PSNR against step and against training time (s: the logged steps' own times,
+    summed; compilation and validation fall into the step after them), and the median step time."""
+    path = workdir / "metrics.jsonl"
+    if not path.is_file():
+        return {"step": [], "time_s": [], "val_psnr": [], "median_step_s": None}
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    step_s, t, out = [], 0.0, {"step": [], "time_s": [], "val_psnr": []}
+    prev = 0
+    for r in recs:
+        if r.get("images_per_second"):
+            dt = (r["step"] - prev) * batch / r["images_per_second"]
+            prev = r["step"]
+            step_s.append(dt)
+            t += dt
+        if r.get("val_psnr") is not None:
+            out["step"].append(r["step"])
+            out["time_s"].append(round(t, 2))
+            out["val_psnr"].append(r["val_psnr"])
+    out["median_step_s"] = statistics.median(step_s[1:] or step_s) if step_s else None
+    return out
+
+
+# --- report ---
+
+
+def _f(v, fmt="{:.2f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _triple(v, fmt="{:.2f}") -> str:
+    return "-" if v is None else " / ".join(fmt.format(x) for x in v)
+
+
+def markdown(report: dict) -> str:
+    m, p = report["machine"], report["preset"]
+    lines = [
+        "# Solver study",
+        "",
+        f"{m.get('cpu') or m['device']} ({m['backend']}, {m['cpu_count']} CPU cores), JAX {m['jax']}. Preset "
+        f"`{report['preset_name']}`: {p['steps']} steps, batch {p['batch']} of {p['crop']} px crops from "
+        f"{report['train_data']}, validated on {report['val_data']}. Trained on SOTS scenes: for comparing "
+        "the solvers with each other, never a SOTS result.",
+        "",
+        "| track | run | status | val PSNR dB | val SSIM | vs unrolled dB | median step s | vs unrolled "
+        "| peak RSS MiB | vs unrolled | forward iterations per block, mean (max) | max residual per block "
+        "| rho(eta J) per block, whole images (max) | rho, training crops (max) | Theorem 1 on whole images |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for track, runs in report["tracks"].items():
+        ref = runs.get("unrolled", {})
+        for name, r in runs.items():
+            a = r.get("analysis") or {}
+            fw = a.get("forward") or {}
+
+            def ratio(key, sub=None, r=r):
+                x = r.get(key) if sub is None else (r.get(sub) or {}).get(key)
+                y = ref.get(key) if sub is None else (ref.get(sub) or {}).get(key)
+                return None if x is None or not y else x / y
+
+            d = None
+            if a.get("val_psnr") is not None and (ref.get("analysis") or {}).get("val_psnr") is not None:
+                d = a["val_psnr"] - ref["analysis"]["val_psnr"]
+            its = "-"
+            if fw:
+                its = " / ".join(
+                    f"{mn:.1f} ({mx})" for mn, mx in zip(fw["iterations_mean"], fw["iterations_max"], strict=True)
+                )
+            rss = r.get("peak_rss_bytes")
+            lines.append(
+                f"| {track} | {name} | {r['status']} | {_f(a.get('val_psnr'))} | {_f(a.get('val_ssim'), '{:.4f}')} | "
+                f"{_f(d, '{:+.2f}')} | {_f(r.get('median_step_s'), '{:.3f}')} | {_f(ratio('median_step_s'), '{:.2f}x')} | "
+                f"{_f(rss and rss / 2**20, '{:.0f}')} | {_f(ratio('peak_rss_bytes'), '{:.2f}x')} | {its} | "
+                f"{_triple(fw.get('residual_max'), '{:.1e}')} | {_triple(a.get('rho_whole_max'), '{:.3f}')} | "
+                f"{_triple(a.get('rho_crop_max'), '{:.3f}')} | "
+                f"{'-' if 'theorem1_holds_whole' not in a else ('holds' if a['theorem1_holds_whole'] else 'fails')} |"
+            )
+    if report.get("authors_reference"):
+        a = report["authors_reference"]
+        lines += ["", f"The authors' weights before fine-tuning, on the same validation images: "
+                  f"{a['val_psnr']:.2f} dB PSNR, SSIM {a['val_ssim']:.4f} (hazy input: {a['input']['input_psnr']:.2f} dB)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    tracks = list(report["tracks"])
+    fig, axes = plt.subplots(len(tracks), 2, figsize=(11, 3.6 * len(tracks)), squeeze=False)
+    for row, track in zip(axes, tracks, strict=True):
+        for name, r in report["tracks"][track].items():
+            c = r.get("curves") or {}
+            if c.get("step"):
+                row[0].plot(c["step"], c["val_psnr"], marker=".", label=name)
+                row[1].plot(c["time_s"], c["val_psnr"], marker=".", label=name)
+        row[0].set(title=f"{track}: validation subset PSNR", xlabel="step", ylabel="dB")
+        row[1].set(title=f"{track}: against training time", xlabel="s", ylabel="dB")
+        row[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def authors_reference(weights: Path, val_data: Path, preset: dict, out: Path, log) -> dict | None:
+    """What the authors' weights score on the validation images before any fine-tuning."""
+    cached = out / "authors_reference.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    import jax  # noqa: PLC0415
+    from flax import nnx  # noqa: PLC0415
+
+    from minet_jax import input_pipeline, training  # noqa: PLC0415
+    from minet_jax.checkpoint import load_pretrained  # noqa: PLC0415
+    from minet_jax.config import data_config  # noqa: PLC0415
+
+    log("the authors' weights on the validation images")
+    model = load_pretrained(weights)
+    graphdef, state = nnx.split(model, nnx.Param)
+    data = data_config()
+    data.name, data.manual_dir, data.val_split, data.val_limit = "paired", str(val_data), "train", preset["val_limit"]
+    images = input_pipeline.val_images(data)
+    val, _ = training.validate(jax.jit(training.make_predict(graphdef)), state, images)
+    result = {**val, "input": training.input_quality(images)}
+    cached.write_text(json.dumps(result, indent=1))
+    return result
+
+
+# --- command line ---
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m minet_jax.tools.solver_study", description=__doc__.split("\n\n")[0],
+        epilog="Presets: " + "; ".join(f"{k}: {v['steps']} steps, batch {v['batch']} x {v['crop']} px"
+                                       for k, v in PRESETS.items()),
+    )  # fmt: skip
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--output", required=True, help="study folder: one workdir per run, and the tables")
+    p.add_argument("--tracks", default=",".join(TRACKS), help=f"comma-separated, of {', '.join(TRACKS)}")
+    p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, of {', '.join(RUNS)}")
+    p.add_argument("--train-data", default=str(SHARED / "data" / "sots-indoor-train"))
+    p.add_argument("--val-data", default=str(SHARED / "data" / "sots-indoor-val"))
+    p.add_argument("--weights", default=str(SHARED / "weights" / "minet_its_official.pth"),
+                   help="the authors' .pth, the finetune track's start")  # fmt: skip
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="training-config override for every run (after the preset's), e.g. --set data.workers=2")  # fmt: skip
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    tracks = [t for t in args.tracks.split(",") if t]
+    runs = [r for r in args.runs.split(",") if r]
+    for name, given, known in (("--tracks", tracks, TRACKS), ("--runs", runs, tuple(RUNS))):
+        bad = [v for v in given if v not in known]
+        if bad or not given:
+            parser.error(f"{name}: unknown {bad or 'empty'}; choose from {', '.join(known)}")
+    if not TRAIN_PY.is_file():
+        parser.error(f"{TRAIN_PY}: not found; the study runs train.py from a checkout of minet-jax")
+    train_data, val_data, weights = Path(args.train_data), Path(args.val_data), Path(args.weights)
+    for opt, path in (("--train-data", train_data), ("--val-data", val_data)):
+        if not path.is_dir():
+            parser.error(f"{opt} {path}: no such folder (hazy/ and clear/ expected; see ../shared/data/README.md)")
+    if "finetune" in tracks and not weights.is_file():
+        parser.error(
+            f"--weights {weights}: no such file (the finetune track starts from it; --tracks scratch skips it)"
+        )
+    from minet_jax.config import ConfigError, apply_overrides, load_config, parse_overrides  # noqa: PLC0415
+
+    preset = dict(PRESETS[args.preset])
+    try:
+        extra = dict(parse_overrides(args.set))
+        for track in tracks:  # every run's config checked before any run starts
+            for run in runs:
+                apply_overrides(load_config("default"), list(
+                    {**run_overrides(track, run, preset, train_data, val_data, weights), **extra}.items()))  # fmt: skip
+    except ConfigError as e:
+        parser.error(str(e))
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        print(f"[solver_study {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    from minet_jax.tools.measure import machine  # noqa: PLC0415
+
+    report: dict[str, Any] = {
+        "machine": machine(), "preset_name": args.preset, "preset": preset, "train_data": str(train_data),
+        "val_data": str(val_data), "runs": {r: solver_overrides(r) for r in runs}, "tracks": {},
+    }  # fmt: skip
+    if "finetune" in tracks:
+        report["authors_reference"] = authors_reference(weights, val_data, preset, out, log)
+    failures = 0
+    for track in tracks:
+        report["tracks"][track] = {}
+        for run in runs:
+            overrides = {**run_overrides(track, run, preset, train_data, val_data, weights), **extra}
+            workdir = out / track / run
+            res = train(workdir, overrides, log)
+            entry: dict[str, Any] = {"overrides": overrides, "peak_rss_bytes": res["peak_rss_bytes"]}
+            entry["curves"] = curves(workdir, int(preset["batch"]))
+            entry["median_step_s"] = entry["curves"].pop("median_step_s")
+            if res["returncode"] == 0:
+                entry["status"] = "done"
+                entry["analysis"] = analyze(workdir, overrides, preset, log)
+            else:
+                failures += 1
+                entry["status"] = f"failed ({res['returncode']}): {res['message']}"
+                log(f"{workdir}: {entry['status']}")
+            report["tracks"][track][run] = entry
+            (out / "solver_study.json").write_text(json.dumps(report, indent=1))
+            (out / "solver_study.md").write_text(markdown(report))
+    plot(report, out / "solver_study.png")
+    print(markdown(report))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

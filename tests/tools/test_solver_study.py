@@ -1,0 +1,83 @@
+"""minet_jax.tools.solver_study: the tiny preset end to end, resuming, and the runs' configs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from minet_jax.config import apply_overrides, load_config
+from minet_jax.tools import solver_study
+
+
+def _args(tmp_path, tiny_data, runs, *extra):
+    synth, tfds = tiny_data
+    return [
+        "--preset", "tiny", "--output", str(tmp_path / "study"), "--tracks", "scratch", "--runs", runs,
+        "--train-data", str(synth / "train"), "--val-data", str(synth / "val"), "--set", f"data.data_dir={tfds}", *extra,
+    ]  # fmt: skip
+
+
+def test_tiny_study_trains_analyses_and_resumes(tmp_path, tiny_data):
+    # Part 1 stops the unrolled run at step 1, as an interrupted study would have.
+    assert solver_study.main(_args(tmp_path, tiny_data, "unrolled", "--set", "num_steps=1")) == 0
+    first = json.loads((tmp_path / "study" / "solver_study.json").read_text())
+    assert first["tracks"]["scratch"]["unrolled"]["analysis"]["step"] == 1
+    # Part 2: the same study in full; the unrolled run trains on from its step-1 checkpoint.
+    assert solver_study.main(_args(tmp_path, tiny_data, "unrolled,deq")) == 0
+    out = tmp_path / "study"
+    report = json.loads((out / "solver_study.json").read_text())
+    runs = report["tracks"]["scratch"]
+    assert set(runs) == {"unrolled", "deq"} and all(r["status"] == "done" for r in runs.values())
+    unrolled_dir = out / "scratch" / "unrolled"
+    assert "resumed from" in (unrolled_dir / "train.log").read_text()
+    steps = [json.loads(line)["step"] for line in (unrolled_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]  # each step once: continued, not restarted
+    for name, r in runs.items():
+        a = r["analysis"]
+        assert a["step"] == 2 and a["val_images"] == 2
+        assert np.isfinite(a["val_psnr"]) and 0 < a["val_ssim"] <= 1
+        assert r["median_step_s"] > 0 and r["peak_rss_bytes"] > 100 * 2**20
+        assert len(a["rho_whole_max"]) == len(a["rho_crop_max"]) == 3
+        assert a["theorem1_holds_whole"] == (max(a["rho_whole_max"]) < 1)
+        assert r["curves"]["step"] == [1, 2] and len(r["curves"]["val_psnr"]) == 2
+    # The unrolled forward takes exactly T steps; the DEQ forward stops at its tolerance.
+    assert runs["unrolled"]["analysis"]["forward"]["iterations_max"] == [2, 2, 2]
+    deq = runs["deq"]["analysis"]["forward"]
+    assert deq["tol"] == load_config("deq").model.solver.tol
+    assert deq["converged_all"] == all(r < deq["tol"] for r in deq["residual_max"])
+    md = (out / "solver_study.md").read_text()
+    assert "| scratch | deq | done |" in md and (out / "solver_study.png").stat().st_size > 0
+
+
+def test_a_failed_run_is_reported_and_the_study_goes_on(tmp_path, tiny_data):
+    # lr = 1e6 diverges at once: train.py stops with a message; the study records it and exits 1.
+    assert (
+        solver_study.main(_args(tmp_path, tiny_data, "phantom", "--set", "lr=1e6", "--set", "max_loss_ratio=1.5")) == 1
+    )
+    r = json.loads((tmp_path / "study" / "solver_study.json").read_text())["tracks"]["scratch"]["phantom"]
+    assert r["status"].startswith("failed") and "analysis" not in r
+
+
+@pytest.mark.parametrize("track", solver_study.TRACKS)
+@pytest.mark.parametrize("run", list(solver_study.RUNS))
+def test_every_run_config_is_valid_and_has_its_solver(track, run, tmp_path):
+    o = solver_study.run_overrides(track, run, solver_study.PRESETS["cpu"], tmp_path, tmp_path, tmp_path / "w.pth")
+    cfg = apply_overrides(load_config("default"), list(o.items()))
+    deq = load_config("deq")
+    want = {"unrolled": ("unrolled", "unrolled"), "phantom": ("unrolled", "phantom"), "implicit": ("unrolled", "implicit"),
+            "deq": (deq.model.solver.forward, "implicit"), "deq_no_stability": (deq.model.solver.forward, "implicit")}  # fmt: skip
+    assert (cfg.model.solver.forward, cfg.model.solver.backward) == want[run]
+    assert cfg.stability.weight == (deq.stability.weight if run == "deq" else 0.0)
+    assert cfg.data.fresh_haze is False and cfg.data.name == "paired"  # real haze, never synthesised
+    assert (cfg.init_from == str(tmp_path / "w.pth")) == (track == "finetune")
+    assert cfg.model.input_format == ("bgr255" if track == "finetune" else "rgb01")
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys):
+    for argv, msg in (
+        (["--output", str(tmp_path), "--runs", "unroled"], "--runs: unknown ['unroled']"),
+        (["--output", str(tmp_path), "--train-data", str(tmp_path / "nope")], "--train-data"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            solver_study.main(argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err
