@@ -20,7 +20,9 @@ and `deq_no_stability` (the same without the term). Training data: `--train-data
 
 Every run is `python train.py` in OUTPUT/<track>/<run> (its own process, so its peak resident
 memory is the run's own), so an interrupted study resumes where it stopped: rerun the same
-command. A finished run is then analysed once (OUTPUT/<track>/<run>/analysis.json): PSNR / SSIM on
+command. Its training step is also timed alone, in a process of its own, by
+`minet_jax.tools.bench` (OUTPUT/<track>/<run>/step_bench/): step time and resident memory
+without data loading and whole-image validation. A finished run is then analysed once (OUTPUT/<track>/<run>/analysis.json): PSNR / SSIM on
 every validation image; forward iterations and final residual of each block on every whole
 validation image; the spectral radius of eta J_f of each block (restarted Arnoldi) on
 `probe_images` whole validation images and on as many training-size crops, and whether Theorem 1
@@ -278,6 +280,30 @@ def analyze(workdir: Path, overrides: dict, preset: dict, log) -> dict:
     return result
 
 
+def step_bench(workdir: Path, overrides: dict, preset: dict, log) -> dict:
+    """The run's training step alone, timed and measured in its own process by
+    `minet_jax.tools.bench` (same model, solver and regulariser; random weights; synthetic batch
+    at the run's crop and batch size): median step time and the resident peak of the steps, which
+    the run's own peak (whole-image validation included) does not isolate. Cached."""
+    folder = workdir / "step_bench"
+    if not (folder / "bench.json").is_file():
+        log(f"{workdir}: timing the training step alone")
+        pair = f"{overrides['model.solver.forward']}/{overrides['model.solver.backward']}"
+        sets = [f"{k}={_value(v)}" for k, v in overrides.items()
+                if k.startswith(("model.", "stability.")) and k not in ("model.T", "model.dtype")]  # fmt: skip
+        cmd = [sys.executable, "-m", "minet_jax.tools.bench", "--sections", "training", "--isolate", "--pairs", pair,
+               "--dtypes", overrides.get("model.dtype", "float32"), "--T", str(overrides.get("model.T", 8)),
+               "--train-crop", str(preset["crop"]), "--train-batch", str(preset["batch"]),
+               "--train-repeats", str(preset.get("bench_repeats", 5)), "--output", str(folder)]  # fmt: skip
+        for item in sets:
+            cmd += ["--set", item]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
+        if res.returncode:
+            return {"error": (res.stderr.strip().splitlines() or [""])[-1]}
+    row = json.loads((folder / "bench.json").read_text())["training"][0]
+    return {k: row.get(k) for k in ("median_s", "rss_steps_peak_bytes", "xla_peak_bytes")}
+
+
 def curves(workdir: Path, batch: int) -> dict:
     """Validation PSNR against step and against training time (s: the logged steps' own times,
     summed; compilation and validation fall into the step after them), and the median step time."""
@@ -322,10 +348,15 @@ def markdown(report: dict) -> str:
         f"{report['train_data']}, validated on {report['val_data']}. Trained on SOTS scenes: for comparing "
         "the solvers with each other, never a SOTS result.",
         "",
-        "| track | run | status | val PSNR dB | val SSIM | vs unrolled dB | median step s | vs unrolled "
-        "| peak RSS MiB | vs unrolled | forward iterations per block, mean (max) | max residual per block "
+        "Step time and memory of the training step alone come from `minet_jax.tools.bench` in a "
+        "process of their own (`step_bench/`); the run's median step (from its log, data loading "
+        "included) and its process's peak (whole-image validation included) are beside them.",
+        "",
+        "| track | run | status | val PSNR dB | val SSIM | vs unrolled dB | step s (bench) | vs unrolled "
+        "| step memory MiB (bench) | vs unrolled | median step s (run) | peak RSS MiB (run) "
+        "| forward iterations per block, mean (max) | max residual per block "
         "| rho(eta J) per block, whole images (max) | rho, training crops (max) | Theorem 1 on whole images |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for track, runs in report["tracks"].items():
         ref = runs.get("unrolled", {})
@@ -347,10 +378,13 @@ def markdown(report: dict) -> str:
                     f"{mn:.1f} ({mx})" for mn, mx in zip(fw["iterations_mean"], fw["iterations_max"], strict=True)
                 )
             rss = r.get("peak_rss_bytes")
+            sb = r.get("step_bench") or {}
+            sb_rss = sb.get("rss_steps_peak_bytes")
             lines.append(
                 f"| {track} | {name} | {r['status']} | {_f(a.get('val_psnr'))} | {_f(a.get('val_ssim'), '{:.4f}')} | "
-                f"{_f(d, '{:+.2f}')} | {_f(r.get('median_step_s'), '{:.3f}')} | {_f(ratio('median_step_s'), '{:.2f}x')} | "
-                f"{_f(rss and rss / 2**20, '{:.0f}')} | {_f(ratio('peak_rss_bytes'), '{:.2f}x')} | {its} | "
+                f"{_f(d, '{:+.2f}')} | {_f(sb.get('median_s'), '{:.3f}')} | {_f(ratio('median_s', 'step_bench'), '{:.2f}x')} | "
+                f"{_f(sb_rss and sb_rss / 2**20, '{:.0f}')} | {_f(ratio('rss_steps_peak_bytes', 'step_bench'), '{:.2f}x')} | "
+                f"{_f(r.get('median_step_s'), '{:.3f}')} | {_f(rss and rss / 2**20, '{:.0f}')} | {its} | "
                 f"{_triple(fw.get('residual_max'), '{:.1e}')} | {_triple(a.get('rho_whole_max'), '{:.3f}')} | "
                 f"{_triple(a.get('rho_crop_max'), '{:.3f}')} | "
                 f"{'-' if 'theorem1_holds_whole' not in a else ('holds' if a['theorem1_holds_whole'] else 'fails')} |"
@@ -488,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             if res["returncode"] == 0:
                 entry["status"] = "done"
                 entry["analysis"] = analyze(workdir, overrides, preset, log)
+                entry["step_bench"] = step_bench(workdir, overrides, preset, log)
             else:
                 failures += 1
                 entry["status"] = f"failed ({res['returncode']}): {res['message']}"

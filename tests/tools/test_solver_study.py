@@ -37,6 +37,10 @@ def test_tiny_study_trains_analyses_and_resumes(tmp_path, tiny_data):
         assert a["step"] == 2 and a["val_images"] == 2
         assert np.isfinite(a["val_psnr"]) and 0 < a["val_ssim"] <= 1
         assert r["median_step_s"] > 0 and r["peak_rss_bytes"] > 100 * 2**20
+        # the step alone, measured by bench in its own process at the run's solver and budget
+        assert r["step_bench"]["median_s"] > 0 and r["step_bench"]["rss_steps_peak_bytes"] > 100 * 2**20
+        bench = json.loads((out / "scratch" / name / "step_bench" / "bench.json").read_text())["training"][0]
+        assert (bench["crop"], bench["batch"], bench["T"]) == (16, 2, 2)
         assert len(a["rho_whole_max"]) == len(a["rho_crop_max"]) == 3
         assert a["theorem1_holds_whole"] == (max(a["rho_whole_max"]) < 1)
         assert r["curves"]["step"] == [1, 2] and len(r["curves"]["val_psnr"]) == 2
@@ -49,13 +53,25 @@ def test_tiny_study_trains_analyses_and_resumes(tmp_path, tiny_data):
     assert "| scratch | deq | done |" in md and (out / "solver_study.png").stat().st_size > 0
 
 
-def test_a_failed_run_is_reported_and_the_study_goes_on(tmp_path, tiny_data):
-    # lr = 1e6 diverges at once: train.py stops with a message; the study records it and exits 1.
+def test_a_failed_run_is_reported_and_the_study_goes_on(tmp_path, tiny_data, monkeypatch):
+    """train.py's exit status and last line become the run's status; the next run still runs."""
+    calls = []
+
+    def fake_train(workdir, overrides, log):
+        calls.append(workdir.name)
+        return {"returncode": 1, "peak_rss_bytes": 1, "message": "training: diverging at step 3"}
+
+    monkeypatch.setattr(solver_study, "train", fake_train)
+    assert solver_study.main(_args(tmp_path, tiny_data, "phantom,implicit")) == 1
+    assert calls == ["phantom", "implicit"]
+    runs = json.loads((tmp_path / "study" / "solver_study.json").read_text())["tracks"]["scratch"]
     assert (
-        solver_study.main(_args(tmp_path, tiny_data, "phantom", "--set", "lr=1e6", "--set", "max_loss_ratio=1.5")) == 1
+        runs["phantom"]["status"] == "failed (1): training: diverging at step 3" and "analysis" not in runs["phantom"]
     )
-    r = json.loads((tmp_path / "study" / "solver_study.json").read_text())["tracks"]["scratch"]["phantom"]
-    assert r["status"].startswith("failed") and "analysis" not in r
+    assert (
+        "| scratch | implicit | failed (1): training: diverging at step 3 |"
+        in (tmp_path / "study" / "solver_study.md").read_text()
+    )
 
 
 @pytest.mark.parametrize("track", solver_study.TRACKS)
