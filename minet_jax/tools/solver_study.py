@@ -412,7 +412,8 @@ def plot(report: dict, path: Path) -> None:
                 row[1].plot(c["time_s"], c["val_psnr"], marker=".", label=name)
         row[0].set(title=f"{track}: validation subset PSNR", xlabel="step", ylabel="dB")
         row[1].set(title=f"{track}: against training time", xlabel="s", ylabel="dB")
-        row[0].legend(fontsize=8)
+        if row[0].get_legend_handles_labels()[0]:
+            row[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
