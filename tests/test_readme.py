@@ -55,7 +55,8 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
         [],
     ),
     "python -m minet_jax.tools.compare_solvers --quick": (PARSE, []),
-    "python train.py --config configs/deq.py --workdir runs/deq": (RUN, TINY_TRAIN + TINY_DEFAULT_DATA),
+    # tests/tools/test_solver_study.py trains this config's solver end to end
+    "python train.py --config configs/deq.py --workdir runs/deq": (PARSE, []),
     "python -m minet_jax.tools.solver_study --preset cpu --output runs/solver_study": (PARSE, []),  # hours; tests/tools
     "python benchmarks/adjoint_tolerance.py --output out/adjoint_tolerance": (PARSE, []),
     "python -m minet_jax.tools.stability --checkpoint minet_its_official.pth --image hazy.png --crop 32 "

@@ -18,37 +18,35 @@ def _args(tmp_path, tiny_data, runs, *extra):
 
 
 def test_tiny_study_trains_analyses_and_resumes(tmp_path, tiny_data):
-    # Part 1 stops the unrolled run at step 1, as an interrupted study would have.
-    assert solver_study.main(_args(tmp_path, tiny_data, "unrolled", "--set", "num_steps=1")) == 0
+    # Part 1 stops the DEQ run at step 1, as an interrupted study would have.
+    assert solver_study.main(_args(tmp_path, tiny_data, "deq", "--set", "num_steps=1")) == 0
     first = json.loads((tmp_path / "study" / "solver_study.json").read_text())
-    assert first["tracks"]["scratch"]["unrolled"]["analysis"]["step"] == 1
-    # Part 2: the same study in full; the unrolled run trains on from its step-1 checkpoint.
-    assert solver_study.main(_args(tmp_path, tiny_data, "unrolled,deq")) == 0
+    assert first["tracks"]["scratch"]["deq"]["analysis"]["step"] == 1
+    # Part 2: the same study in full; the run trains on from its step-1 checkpoint.
+    assert solver_study.main(_args(tmp_path, tiny_data, "deq")) == 0
     out = tmp_path / "study"
-    report = json.loads((out / "solver_study.json").read_text())
-    runs = report["tracks"]["scratch"]
-    assert set(runs) == {"unrolled", "deq"} and all(r["status"] == "done" for r in runs.values())
-    unrolled_dir = out / "scratch" / "unrolled"
-    assert "resumed from" in (unrolled_dir / "train.log").read_text()
-    steps = [json.loads(line)["step"] for line in (unrolled_dir / "metrics.jsonl").read_text().splitlines()]
+    r = json.loads((out / "solver_study.json").read_text())["tracks"]["scratch"]["deq"]
+    assert r["status"] == "done"
+    workdir = out / "scratch" / "deq"
+    assert "resumed from" in (workdir / "train.log").read_text()
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]  # each step once: continued, not restarted
-    for name, r in runs.items():
-        a = r["analysis"]
-        assert a["step"] == 2 and a["val_images"] == 2
-        assert np.isfinite(a["val_psnr"]) and 0 < a["val_ssim"] <= 1
-        assert r["median_step_s"] > 0 and r["peak_rss_bytes"] > 100 * 2**20
-        # the step alone, measured by bench in its own process at the run's solver and budget
-        assert r["step_bench"]["median_s"] > 0 and r["step_bench"]["rss_steps_peak_bytes"] > 100 * 2**20
-        bench = json.loads((out / "scratch" / name / "step_bench" / "bench.json").read_text())["training"][0]
-        assert (bench["crop"], bench["batch"], bench["T"]) == (16, 2, 2)
-        assert len(a["rho_whole_max"]) == len(a["rho_crop_max"]) == 3
-        assert a["theorem1_holds_whole"] == (max(a["rho_whole_max"]) < 1)
-        assert r["curves"]["step"] == [1, 2] and len(r["curves"]["val_psnr"]) == 2
-    # The unrolled forward takes exactly T steps; the DEQ forward stops at its tolerance.
-    assert runs["unrolled"]["analysis"]["forward"]["iterations_max"] == [2, 2, 2]
-    deq = runs["deq"]["analysis"]["forward"]
-    assert deq["tol"] == load_config("deq").model.solver.tol
-    assert deq["converged_all"] == all(r < deq["tol"] for r in deq["residual_max"])
+    a = r["analysis"]
+    assert a["step"] == 2 and a["val_images"] == 2  # analysed again after training on
+    assert np.isfinite(a["val_psnr"]) and 0 < a["val_ssim"] <= 1
+    assert r["median_step_s"] > 0 and r["peak_rss_bytes"] > 100 * 2**20
+    # the step alone, measured by bench in its own process at the run's solver and budget
+    assert r["step_bench"]["median_s"] > 0 and r["step_bench"]["rss_steps_peak_bytes"] > 100 * 2**20
+    bench = json.loads((workdir / "step_bench" / "bench.json").read_text())["training"][0]
+    assert (bench["pair"], bench["crop"], bench["batch"], bench["T"]) == ("anderson/implicit", 16, 2, 2)
+    assert len(a["rho_whole_max"]) == len(a["rho_crop_max"]) == 3
+    assert a["theorem1_holds_whole"] == (max(a["rho_whole_max"]) < 1)
+    assert r["curves"]["step"] == [1, 2] and len(r["curves"]["val_psnr"]) == 2
+    # The DEQ forward stops at its tolerance, and the analysis says whether every image got there.
+    fw = a["forward"]
+    assert fw["tol"] == load_config("deq").model.solver.tol
+    assert fw["converged_all"] == all(x < fw["tol"] for x in fw["residual_max"])
+    assert all(1 <= m <= load_config("deq").model.solver.max_iter for m in fw["iterations_max"])
     md = (out / "solver_study.md").read_text()
     assert "| scratch | deq | done |" in md and (out / "solver_study.png").stat().st_size > 0
 
