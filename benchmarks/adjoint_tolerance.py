@@ -27,20 +27,16 @@ SHARED = ROOT.parent / "shared"
 
 
 def crops(folder: Path, n: int, size: int) -> dict[str, np.ndarray]:
-    """`n` hazy/clear crops of side `size`, one per scene spread over the folder, centred."""
+    """`n` central hazy/clear crops of side `size`, one per pair spread evenly over the folder."""
     from minet_jax.datasets import folder_pairs
-    from minet_jax.image_io import read_rgb
+    from minet_jax.image_io import center_crop, read_rgb
 
     pairs = folder_pairs(folder)
     picks = [pairs[i] for i in np.linspace(0, len(pairs) - 1, n).astype(int)]
-    hazy, clear = [], []
-    for p in picks:
-        h, c = read_rgb(p.hazy), read_rgb(p.clear)
-        c = c[(c.shape[0] - h.shape[0]) // 2 :, (c.shape[1] - h.shape[1]) // 2 :][: h.shape[0], : h.shape[1]]
-        top, left = (h.shape[0] - size) // 2, (h.shape[1] - size) // 2
-        hazy.append(h[top : top + size, left : left + size])
-        clear.append(c[top : top + size, left : left + size])
-    return {"hazy": np.stack(hazy).astype(np.float32) / 255.0, "clear": np.stack(clear).astype(np.float32) / 255.0}
+    return {
+        key: np.stack([center_crop(read_rgb(getattr(p, key)), size) for p in picks]).astype(np.float32) / 255.0
+        for key in ("hazy", "clear")
+    }
 
 
 def gradient(model_cfg, params, batch, solver: dict):

@@ -98,7 +98,7 @@ def probe(workdir: Path, crop: int, images: int, tol: float) -> dict:
     from minet_jax.input_pipeline import val_images
     from minet_jax.config import train_config
     from minet_jax.jacobian import analyze_model
-    from minet_jax.tools.stability import center_crop
+    from minet_jax.image_io import center_crop
 
     ckpt = last_checkpoint(workdir)
     model = load_pretrained(str(ckpt))

@@ -140,3 +140,12 @@ def to_uint8(x01: np.ndarray) -> np.ndarray:
     """
     x = np.nan_to_num(np.asarray(x01, dtype=np.float64), nan=0.0)
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """The central size x size crop of an HxWxC image."""
+    h, w = img.shape[:2]
+    if size > min(h, w):
+        raise ValueError(f"crop {size} is larger than the image ({h}x{w})")
+    top, left = (h - size) // 2, (w - size) // 2
+    return img[top : top + size, left : left + size]

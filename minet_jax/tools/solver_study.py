@@ -69,54 +69,22 @@ RUNS: dict[str, dict[str, Any]] = {
 TRACKS = ("scratch", "finetune")
 
 # Budgets. `overrides` apply to every run (the tiny preset shrinks the network for tests).
+_BUDGET = dict(val_limit=0, probe_images=2, overrides={})  # val_limit 0: the final validation sees every image
 PRESETS: dict[str, dict[str, Any]] = {
-    # ~20 min a run on a 2-core CPU (both tracks, 10 runs: ~4 h).
-    "cpu": dict(
-        steps=400,
-        crop=64,
-        batch=8,
-        eval_every=100,
-        val_subset=8,
-        val_limit=0,
-        probe_images=2,
-        probe_krylov=20,
-        probe_restarts=2,
-        overrides={},
-    ),  # fmt: skip
-    "gpu": dict(
-        steps=5000,
-        crop=128,
-        batch=16,
-        eval_every=500,
-        val_subset=16,
-        val_limit=0,
-        probe_images=2,
-        probe_krylov=30,
-        probe_restarts=5,
-        overrides={},
-    ),  # fmt: skip
+    # ~25 min a run on a 2-core CPU (the unrolled run: 24.5 min), so ~4 h for both tracks' 10 runs.
+    "cpu": {**_BUDGET, "steps": 400, "crop": 64, "batch": 8, "eval_every": 100, "val_subset": 8,
+            "probe_krylov": 20, "probe_restarts": 2, "bench_repeats": 5},
+    "gpu": {**_BUDGET, "steps": 5000, "crop": 128, "batch": 16, "eval_every": 500, "val_subset": 16,
+            "probe_krylov": 30, "probe_restarts": 5, "bench_repeats": 10},
     # Seconds, for the test suite.
-    "tiny": dict(
-        steps=2,
-        crop=16,
-        batch=2,
-        eval_every=1,
-        val_subset=1,
-        val_limit=2,
-        probe_images=1,
-        probe_krylov=4,
-        probe_restarts=0,
-        overrides={"model.channels": 4, "model.T": 2},
-    ),  # fmt: skip
-}
+    "tiny": {**_BUDGET, "steps": 2, "crop": 16, "batch": 2, "eval_every": 1, "val_subset": 1, "val_limit": 2,
+             "probe_images": 1, "probe_krylov": 4, "probe_restarts": 0, "bench_repeats": 1,
+             "overrides": {"model.channels": 4, "model.T": 2}},
+}  # fmt: skip
 TRACK_SETTINGS = {
     "scratch": {"lr": 2e-3, "lr_decay_every_fraction": 0.25},
     "finetune": {"lr": 1e-4, "lr_decay_every_fraction": 0.0},
 }
-
-
-class StudyError(RuntimeError):
-    """The study cannot run as asked (the message says why)."""
 
 
 # --- configs ---
@@ -148,20 +116,17 @@ def solver_overrides(run: str) -> dict[str, Any]:
     """The training-config overrides of `run`'s solver (RUNS, with configs/deq.py's settings)."""
     from minet_jax.config import load_config  # noqa: PLC0415
 
-    spec = dict(RUNS[run])
-    deq = load_config("deq")
+    spec = RUNS[run]
     out = {k: v for k, v in spec.items() if "." in k}
     if spec.get("deq") or spec.get("deq_backward"):
-        keys = (
-            deq.model.solver.keys() if spec.get("deq") else [k for k in deq.model.solver if k.startswith("backward_")]
-        )
-        out.update({f"model.solver.{k}": deq.model.solver[k] for k in keys if k != "backward"} | out)
-    if spec.get("deq"):
-        out["model.solver.backward"] = deq.model.solver.backward
-        if spec["stability"]:
-            out.update({f"stability.{k}": deq.stability[k] for k in ("weight", "kind", "margin", "samples")})
-        else:
+        deq = load_config("deq")
+        solver = deq.model.solver
+        keys = list(solver) if spec.get("deq") else [k for k in solver if k.startswith("backward_")]
+        out = {**{f"model.solver.{k}": solver[k] for k in keys}, **out}
+        if spec.get("deq"):
             out["stability.weight"] = 0.0
+            if spec["stability"]:
+                out.update({f"stability.{k}": deq.stability[k] for k in ("weight", "kind", "margin", "samples")})
     return out
 
 
@@ -175,8 +140,6 @@ def _value(v: Any) -> str:
 def train(workdir: Path, overrides: dict, log) -> dict:
     """`python train.py` in `workdir` (resuming there). Returns {"returncode", "peak_rss_bytes",
     "message"}; the peak is the largest over every part of the run so far (run.json)."""
-    if not TRAIN_PY.is_file():
-        raise StudyError(f"{TRAIN_PY}: not found; the study runs train.py from a checkout of minet-jax")
     workdir.mkdir(parents=True, exist_ok=True)
     record_path = workdir / "run.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"parts": []}
@@ -201,13 +164,6 @@ def train(workdir: Path, overrides: dict, log) -> dict:
     }
 
 
-def _center_crop(x: np.ndarray, size: int) -> np.ndarray:
-    h, w = x.shape[:2]
-    s = min(size, h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    return x[top : top + s, left : left + s]
-
-
 def analyze(workdir: Path, overrides: dict, preset: dict, log) -> dict:
     """Validation on every image, forward statistics per block on whole images and Theorem 1
     probes of the run's last checkpoint; cached in analysis.json."""
@@ -221,7 +177,7 @@ def analyze(workdir: Path, overrides: dict, preset: dict, log) -> dict:
     from minet_jax import input_pipeline, jacobian, training  # noqa: PLC0415
     from minet_jax.checkpoint import load_checkpoint_model  # noqa: PLC0415
     from minet_jax.config import apply_overrides, load_config  # noqa: PLC0415
-    from minet_jax.image_io import to_uint8  # noqa: PLC0415
+    from minet_jax.image_io import center_crop, to_uint8  # noqa: PLC0415
     from minet_jax.inference import from_network, to_network  # noqa: PLC0415
     from minet_jax.metrics import psnr, ssim  # noqa: PLC0415
 
@@ -268,7 +224,7 @@ def analyze(workdir: Path, overrides: dict, preset: dict, log) -> dict:
     picks = [images[i] for i in np.linspace(0, len(images) - 1, preset["probe_images"]).astype(int)]
     log(f"{workdir}: spectral radii on {len(picks)} whole images and crops")
     rho_whole = [probe(ex["hazy"]) for ex in picks]
-    rho_crop = [probe(_center_crop(ex["hazy"], preset["crop"])) for ex in picks]
+    rho_crop = [probe(center_crop(ex["hazy"], preset["crop"])) for ex in picks]
     rho_whole_max = np.max(rho_whole, 0).tolist()
     result = {
         "step": summary["steps"], "val_psnr": val["val_psnr"], "val_ssim": val["val_ssim"], "val_images": len(images),
@@ -294,7 +250,7 @@ def step_bench(workdir: Path, overrides: dict, preset: dict, log) -> dict:
         cmd = [sys.executable, "-m", "minet_jax.tools.bench", "--sections", "training", "--isolate", "--pairs", pair,
                "--dtypes", overrides.get("model.dtype", "float32"), "--T", str(overrides.get("model.T", 8)),
                "--train-crop", str(preset["crop"]), "--train-batch", str(preset["batch"]),
-               "--train-repeats", str(preset.get("bench_repeats", 5)), "--output", str(folder)]  # fmt: skip
+               "--train-repeats", str(preset["bench_repeats"]), "--output", str(folder)]  # fmt: skip
         for item in sets:
             cmd += ["--set", item]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
@@ -424,7 +380,6 @@ def authors_reference(weights: Path, val_data: Path, preset: dict, out: Path, lo
     cached = out / "authors_reference.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    import jax  # noqa: PLC0415
     from flax import nnx  # noqa: PLC0415
 
     from minet_jax import input_pipeline, training  # noqa: PLC0415
@@ -437,7 +392,7 @@ def authors_reference(weights: Path, val_data: Path, preset: dict, out: Path, lo
     data = data_config()
     data.name, data.manual_dir, data.val_split, data.val_limit = "paired", str(val_data), "train", preset["val_limit"]
     images = input_pipeline.val_images(data)
-    val, _ = training.validate(jax.jit(training.make_predict(graphdef)), state, images)
+    val, _ = training.validate(training.make_predict(graphdef), state, images)
     result = {**val, "input": training.input_quality(images)}
     cached.write_text(json.dumps(result, indent=1))
     return result

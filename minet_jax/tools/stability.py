@@ -88,15 +88,6 @@ def plot_residuals(report: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-def center_crop(img: np.ndarray, size: int) -> np.ndarray:
-    """The central size x size crop of an HxWxC image."""
-    h, w = img.shape[:2]
-    if size > min(h, w):
-        raise ValueError(f"--crop {size} is larger than the image ({h}x{w})")
-    top, left = (h - size) // 2, (w - size) // 2
-    return img[top : top + size, left : left + size]
-
-
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point; returns the JSON-able report it wrote."""
     ap = argparse.ArgumentParser(prog="python -m minet_jax.tools.stability", description=__doc__.split("\n\n")[0])
@@ -118,13 +109,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from minet_jax.checkpoint import load_pretrained
-    from minet_jax.image_io import read_rgb
+    from minet_jax.image_io import center_crop, read_rgb
     from minet_jax.inference import as_rgb01, to_network
 
     model = load_pretrained(args.checkpoint)
     rgb = read_rgb(args.image)
     if args.crop:
-        rgb = center_crop(rgb, args.crop)
+        try:
+            rgb = center_crop(rgb, args.crop)
+        except ValueError as e:
+            raise SystemExit(f"--crop {args.crop}: {args.image}: {e}") from None
     x = to_network(jnp.asarray(as_rgb01(rgb))[None], model.config.input_format)
     t0 = time.perf_counter()
     report = analyze_model(
