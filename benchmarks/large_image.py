@@ -1,18 +1,17 @@
-"""Large images: dehaze a 4K image whole and in overlapping tiles; time, peak memory, difference.
+"""Large images: whole-image inference against the exact tiled executor (and the approximate
+tilings), each mode in its own process: seconds, peak resident memory, difference to whole.
 
     python benchmarks/large_image.py --weights ../shared/weights/minet_its_official.pth \
-        --image ../shared/data/sots-indoor-mini/hazy/1400_1.png --size 2160x3840 \
-        --tiles 512:64:tile,512:64:image,512:64:1024 --output out/large_image
+        --image ../shared/data/sots-indoor-mini/hazy/1400_1.png --sizes 2160x3840 \
+        --modes whole,exact:256,exact:512,exact:1024,exact:512:spill --output out/large_image
 
-The image is resized (bicubic) to `--size`. Each mode runs in its own process so that its peak
-resident memory (`bench.peak_rss_bytes`) is its own: `whole` (one forward over the whole image, what the
-network was trained for: instance norm and the attention see whole-image statistics) and
-`tiled` per `--tiles S:P:STATS` (S x S tiles, P pixels of overlap, blended; see minet_jax/tiling.py;
-STATS `tile`: each tile's own instance-norm and attention statistics, `image`: the whole image's,
-recorded at full size (exact, but that pass needs whole-image memory), or a number N: recorded on
-a copy downscaled to a long side of N).
-Reports seconds, peak RSS and the PSNR of each tiled output against the whole-image output.
-Writes OUTPUT/large_image.json and prints a table.
+The image is resized (bicubic) to each of `--sizes` (HxW). Modes: `whole` (one forward over the
+whole image), `exact:S` (minet_jax/streaming.py over S x S tiles, feature maps in RAM),
+`exact:S:spill` (feature maps in memory-mapped files under OUTPUT/spill),
+`approx-tile-stats:S:P` and `approx-image-stats:S:P[:N]` (overlapping tiles blended; see
+`dehaze`). `--skip-whole-above MPIX` skips `whole` where it cannot fit (it needs ~1.5 GiB per
+megapixel on the CPU). Outputs are compared with `whole` of the same size, or else with the
+first exact mode. Writes OUTPUT/large_image.json and .md and prints the table.
 """
 
 from __future__ import annotations
@@ -30,96 +29,141 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def parse_mode(spec: str) -> dict:
+    parts = spec.split(":")
+    kind = parts[0]
+    try:
+        if kind == "whole" and len(parts) == 1:
+            return {"mode": spec, "tile": 0}
+        if kind == "exact" and len(parts) in (2, 3) and (len(parts) == 2 or parts[2] == "spill"):
+            return {"mode": spec, "tile": int(parts[1]), "tiling": "exact", "spill": len(parts) == 3}
+        if kind == "approx-tile-stats" and len(parts) == 3:
+            return {"mode": spec, "tile": int(parts[1]), "tiling": kind, "overlap": int(parts[2])}
+        if kind == "approx-image-stats" and len(parts) in (3, 4):
+            size = int(parts[3]) if len(parts) == 4 else 0
+            return {"mode": spec, "tile": int(parts[1]), "tiling": kind, "overlap": int(parts[2]), "stats_size": size}
+    except ValueError:
+        pass
+    raise ValueError(
+        f"--modes: {spec!r} is not whole, exact:S[:spill], approx-tile-stats:S:P or approx-image-stats:S:P[:N]"
+    )
+
+
 def run_mode(args: argparse.Namespace) -> None:
     """Child process: dehaze once, save the output as .npy, print a JSON line."""
     import jax
     from PIL import Image
 
     from minet_jax import dehaze, load_pretrained
-    from minet_jax.tools.measure import peak_rss_bytes
     from minet_jax.image_io import read_rgb
+    from minet_jax.tools.measure import peak_rss_bytes
 
+    mode = parse_mode(args.mode)
     h, w = (int(v) for v in args.size.lower().split("x"))
     rgb = np.asarray(Image.fromarray(read_rgb(args.image)).resize((w, h), Image.Resampling.BICUBIC))
     model = load_pretrained(args.weights)
+    kw = {}
+    if mode["tile"]:
+        kw = {"tile": mode["tile"], "tiling": mode["tiling"], "overlap": mode.get("overlap", 64),
+              "stats_size": mode.get("stats_size", 0),
+              "spill": str(Path(args.output) / "spill") if mode.get("spill") else None}  # fmt: skip
     t0 = time.perf_counter()
-    if args.stats in ("tile", "image"):
-        stats, size = args.stats, 0
-    else:  # a number: whole-image statistics recorded on a copy of that long side
-        stats, size = "image", int(args.stats)
-    out = dehaze(model, rgb, clip=True, tile=args.tile, overlap=args.overlap, tile_stats=stats, stats_size=size)
+    out = dehaze(model, rgb, clip=True, **kw)
     seconds = time.perf_counter() - t0
     np.save(args.save, out.astype(np.float32))
-    print(json.dumps({
-        "mode": "tiled" if args.tile else "whole", "tile": args.tile, "overlap": args.overlap if args.tile else None,
-        "stats": args.stats if args.tile else None,
-        "seconds_with_compile": seconds, "peak_rss_bytes": peak_rss_bytes(),
-        "backend": jax.default_backend(), "height": h, "width": w,
-    }))  # fmt: skip
+    print(json.dumps({**mode, "size": args.size, "seconds_with_compile": seconds, "peak_rss_bytes": peak_rss_bytes(),
+                      "backend": jax.default_backend()}))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", required=True)
     ap.add_argument("--image", required=True)
-    ap.add_argument("--size", default="2160x3840", help="HxW the image is resized to")
-    ap.add_argument("--tiles", default="512:64:tile,512:64:image", help="comma-separated S:P:STATS (see above)")
-    ap.add_argument("--no-whole", action="store_true", help="skip the whole-image run")
+    ap.add_argument("--sizes", default="2160x3840", help="comma-separated HxW the image is resized to")
+    ap.add_argument("--modes", default="whole,exact:512,exact:512:spill", help="comma-separated modes (see above)")
+    ap.add_argument("--skip-whole-above", type=float, default=0.0, metavar="MPIX",
+                    help="skip `whole` for sizes above this many megapixels (0: never)")  # fmt: skip
     ap.add_argument("--output", required=True)
     # child-process options
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--tile", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--overlap", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--mode", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--size", default="", help=argparse.SUPPRESS)
     ap.add_argument("--save", default="", help=argparse.SUPPRESS)
-    ap.add_argument("--stats", default="tile", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         run_mode(args)
         return 0
+    try:
+        modes = [parse_mode(m) for m in args.modes.split(",") if m]
+    except ValueError as e:
+        ap.error(str(e))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    modes = [] if args.no_whole else [(0, 0, "tile")]
-    for t in (t for t in args.tiles.split(",") if t):
-        parts = t.split(":")
-        if len(parts) == 2:
-            parts.append("tile")
-        if len(parts) != 3 or not (parts[2] in ("tile", "image") or parts[2].isdigit()):
-            ap.error(f"--tiles entries are S:P:STATS with STATS tile, image or a number, got {t!r}")
-        modes.append((int(parts[0]), int(parts[1]), parts[2]))
-    rows = []
-    for tile, overlap, stats in modes:
-        save = out / (f"tile{tile}_{overlap}_{stats}.npy" if tile else "whole.npy")
-        cmd = [sys.executable, __file__, "--child", "--weights", args.weights, "--image", args.image, "--size",
-               args.size, "--tile", str(tile), "--overlap", str(overlap), "--stats", stats, "--save", str(save),
-               "--output", str(out)]  # fmt: skip
-        print(" ".join(cmd), flush=True)
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if res.returncode != 0:
-            rows.append({"tile": tile, "overlap": overlap, "stats": stats, "error": res.stderr[-2000:],
-                         "returncode": res.returncode})  # fmt: skip
-            print(res.stderr[-2000:], flush=True)
-            continue
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    from minet_jax.metrics import psnr
+    from minet_jax.tools.measure import machine
 
-    whole = out / "whole.npy"
-    if whole.is_file():
-        ref = np.load(whole)
-        for r in rows:
-            if r.get("mode") == "tiled":
-                tiled = np.load(out / f"tile{r['tile']}_{r['overlap']}_{r['stats']}.npy")
-                r["psnr_vs_whole_db"] = psnr(tiled, ref, data_range=1.0)
-    report = {"image": args.image, "size": args.size, "weights": args.weights, "runs": rows}
-    (out / "large_image.json").write_text(json.dumps(report, indent=2))
-    print("| mode | tile:overlap:stats | seconds (incl. compile) | peak RSS GiB | PSNR vs whole dB |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        if "error" in r:
-            print(f"| failed | {r['tile']}:{r['overlap']}:{r['stats']} | - | - | - |")
+    rows = []
+    for size in (s for s in args.sizes.split(",") if s):
+        h, w = (int(v) for v in size.lower().split("x"))
+        saved = {}
+        for mode in modes:
+            row = {**mode, "size": size}
+            if mode["mode"] == "whole" and args.skip_whole_above and h * w / 1e6 > args.skip_whole_above:
+                rows.append({**row, "skipped": f"whole image above {args.skip_whole_above} MPix (--skip-whole-above)"})
+                continue
+            save = out / f"{size}_{mode['mode'].replace(':', '_')}.npy"
+            cmd = [sys.executable, __file__, "--child", "--weights", args.weights, "--image", args.image,
+                   "--size", size, "--mode", mode["mode"], "--save", str(save), "--output", str(out)]  # fmt: skip
+            print(" ".join(cmd), flush=True)
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                rows.append({**row, "error": res.stderr[-2000:], "returncode": res.returncode})
+                print(res.stderr[-2000:], flush=True)
+                continue
+            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+            saved[mode["mode"]] = save
+            print(json.dumps(rows[-1]), flush=True)
+        ref_mode = "whole" if "whole" in saved else next((m for m in saved if m.startswith("exact")), None)
+        if ref_mode is None:
             continue
-        tl = f"{r['tile']}:{r['overlap']}:{r['stats']}" if r["tile"] else "-"
-        print(f"| {r['mode']} | {tl} | {r['seconds_with_compile']:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} | "
-              f"{r.get('psnr_vs_whole_db', float('nan')):.2f} |")  # fmt: skip
+        from minet_jax.metrics import psnr
+
+        ref = np.load(saved[ref_mode])
+        whole = next((r for r in rows if r["size"] == size and r["mode"] == ref_mode), None)
+        for r in rows:
+            if r["size"] == size and r["mode"] in saved and r["mode"] != ref_mode:
+                y = np.load(saved[r["mode"]])
+                r["compared_with"] = ref_mode
+                r["max_abs_diff"] = float(np.abs(y - ref).max())
+                r["psnr_vs_reference_db"] = float(psnr(y, ref, data_range=1.0))
+                if ref_mode == "whole":
+                    r["time_ratio"] = r["seconds_with_compile"] / whole["seconds_with_compile"]
+                    r["rss_ratio"] = r["peak_rss_bytes"] / whole["peak_rss_bytes"]
+        for path in saved.values():
+            path.unlink()
+    report = {"machine": machine(), "image": args.image, "weights": args.weights, "runs": rows}
+    (out / "large_image.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        f"Large images on {report['machine'].get('cpu', '?')} ({time.strftime('%Y-%m-%d')}); output in [0, 1] RGB, "
+        "each mode in its own process; seconds include compilation.",
+        "",
+        "| size | mode | seconds | x whole | peak RSS GiB | x whole | max abs diff | PSNR vs ref dB | ref |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "skipped" in r or "error" in r:
+            lines.append(f"| {r['size']} | {r['mode']} | {r.get('skipped') or 'failed'} | | | | | | |")
+            continue
+
+        def f(key, fmt):
+            return fmt.format(r[key]) if r.get(key) is not None else "-"
+
+        lines.append(
+            f"| {r['size']} | {r['mode']} | {r['seconds_with_compile']:.1f} | {f('time_ratio', '{:.2f}')} | "
+            f"{r['peak_rss_bytes'] / 2**30:.2f} | {f('rss_ratio', '{:.2f}')} | {f('max_abs_diff', '{:.1e}')} | "
+            f"{f('psnr_vs_reference_db', '{:.2f}')} | {r.get('compared_with', '-')} |"
+        )
+    (out / "large_image.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
     return 0
 
 

@@ -45,9 +45,9 @@ def test_whole_image_statistics_need_the_unrolled_forward():
     m = MINet(cfg)
     x = np.zeros((20, 20, 3), np.uint8)
     with pytest.raises(ValueError, match="forward='unrolled'"):
-        dehaze(m, x, tile=16, overlap=4, tile_stats="image")
-    with pytest.raises(ValueError, match="tile_stats must be one of"):
-        dehaze(m, x, tile=16, overlap=4, tile_stats="global")
+        dehaze(m, x, tile=16, overlap=4, tiling="approx-image-stats")
+    with pytest.raises(ValueError, match="tiling must be one of"):
+        dehaze(m, x, tile=16, overlap=4, tiling="global")
 
 
 def test_whole_image_statistics_make_tiles_agree_with_the_whole_image(official_model, sots_mini):
@@ -55,8 +55,8 @@ def test_whole_image_statistics_make_tiles_agree_with_the_whole_image(official_m
     hazy = read_rgb(sots_mini / "hazy" / "1400_1.png")[:240, :320]
     clear = read_rgb(sots_mini / "clear" / "1400.png")[:240, :320] / 255.0
     whole = dehaze(official_model, hazy)
-    per_tile = dehaze(official_model, hazy, tile=128, overlap=32)
-    exact = dehaze(official_model, hazy, tile=128, overlap=32, tile_stats="image")
+    per_tile = dehaze(official_model, hazy, tile=128, overlap=32, tiling="approx-tile-stats")
+    exact = dehaze(official_model, hazy, tile=128, overlap=32, tiling="approx-image-stats")
     assert psnr(exact, whole, data_range=1.0) > psnr(per_tile, whole, data_range=1.0) + 10.0
     assert psnr(exact, clear, data_range=1.0) > psnr(whole, clear, data_range=1.0) - 1.0
     assert psnr(per_tile, clear, data_range=1.0) < psnr(whole, clear, data_range=1.0) - 5.0

@@ -36,11 +36,11 @@ def test_dehaze_tiled():
     m = MINet(cfg)
     x = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     whole = dehaze(m, x, clip=False)
-    np.testing.assert_array_equal(dehaze(m, x, clip=False, tile=64, overlap=8, tile_stats="tile"), whole)  # one tile
+    np.testing.assert_array_equal(dehaze(m, x, clip=False, tile=64, overlap=8, tiling="approx-tile-stats"), whole)  # one tile
     # One tile with its own recorded statistics: the same network, but norms written out (float rounding).
-    replayed = dehaze(m, x, clip=False, tile=64, overlap=8, tile_stats="image")
+    replayed = dehaze(m, x, clip=False, tile=64, overlap=8, tiling="approx-image-stats")
     np.testing.assert_allclose(replayed, whole, rtol=1e-5, atol=1e-5 * float(np.abs(whole).max()))
-    tiled = dehaze(m, x, clip=False, tile=24, overlap=8)
+    tiled = dehaze(m, x, clip=False, tile=24, overlap=8, tiling="approx-tile-stats")
     assert tiled.shape == whole.shape and np.isfinite(tiled).all()
     assert not np.allclose(tiled, whole)  # instance norm sees per-tile statistics
 

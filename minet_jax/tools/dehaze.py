@@ -33,13 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suffix", default="_dehazed", help="added to each output's name (default: _dehazed)")
     p.add_argument("--output-dir", type=Path, default=None, help="write the results here instead of beside the inputs")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
-    p.add_argument("--tile", type=int, default=0, metavar="S", help="dehaze S x S tiles (approximate, see README)")
+    p.add_argument(
+        "--tile", type=int, default=0, metavar="S",
+        help="run the network over S x S tiles (exact: the whole-image result, memory bounded by the tile)",
+    )  # fmt: skip
+    p.add_argument("--spill", default=None, metavar="DIR", help="with --tile: keep feature maps in files in DIR")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """0: every image written; 1: some could not be read (the others are written); 2: bad arguments."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.tile and (args.tile < 8 or args.tile % 2) or args.tile < 0:
+        parser.error(f"--tile must be 0 (whole images) or an even number >= 8, got {args.tile}")
+    if args.spill is not None and not args.tile:
+        parser.error("--spill needs --tile S")
     from minet_jax import dehaze, load_pretrained  # noqa: PLC0415 (JAX is a heavy import; --help stays quick)
 
     outputs = {image: output_path(image, args.suffix, args.output_dir) for image in args.images}
@@ -50,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         model = load_pretrained(args.checkpoint)
+        if args.tile:
+            from minet_jax.streaming import check_streamable  # noqa: PLC0415
+
+            check_streamable(model)
     except (FileNotFoundError, CheckpointError, ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -62,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             continue
         t = time.perf_counter()
-        result = to_uint8(dehaze(model, rgb, tile=args.tile))
+        result = to_uint8(dehaze(model, rgb, tile=args.tile, spill=args.spill))
         out.parent.mkdir(parents=True, exist_ok=True)
         write_png(out, result)
         print(f"{image} -> {out} ({rgb.shape[1]}x{rgb.shape[0]}, {time.perf_counter() - t:.1f} s)")

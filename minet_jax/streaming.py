@@ -1,0 +1,438 @@
+"""Exact inference on images of any size in bounded memory: MI-Net run stage by stage over tiles.
+
+MI-Net is not a local operator: each of its ~60 instance norms (and the attention) reduces over
+the whole image, and each statistic depends on the ones before it. So the network is executed
+layer by layer. A *stage* reads tiles of one or more feature maps (plus the halo its
+convolutions need) from host memory, applies the statistics of earlier stages pointwise,
+computes a convolution (or a short chain), writes the tile of its output map and returns the
+tile's per-channel count, mean and M2. Those are merged over tiles in float64 (Chan, Golub and
+LeVeque's pairwise update) into the whole image's mean and biased variance, which the next stage
+applies. The accelerator holds one tile (and its halo) at a time; the maps live in numpy arrays,
+or in memory-mapped files under `spill` whose pages are handed back after every row of tiles.
+
+Each stage compiles once: edge tiles are zero-padded to the full tile shape, with a mask that
+zeroes every position outside the image before a convolution (its zero padding) and keeps them
+out of the statistics. Convolutions are the model's own modules applied to the window and
+cropped to the tile, so dtype and precision are those of whole-image inference.
+
+Only fixed step counts can be streamed: the IM-blocks' `unrolled` forward. A fixed_point or
+anderson forward stops on a residual of the whole image; it is refused here, not approximated
+per tile. Feature maps are kept only where recomputing them would cost a large convolution:
+conv1 (3 -> C) is recomputed instead of storing a full-resolution C-channel map, and so is
+deconv2 for the last stage.
+"""
+
+from __future__ import annotations
+
+import mmap
+import tempfile
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+
+
+# --- host-side feature maps and statistics ---
+
+
+class Maps:
+    """HxWxC float32 feature maps in RAM, or in memory-mapped files under `spill`."""
+
+    def __init__(self, spill: str | Path | None = None):
+        self._dir = None
+        if spill is not None:
+            Path(spill).mkdir(parents=True, exist_ok=True)
+            self._dir = tempfile.TemporaryDirectory(prefix="minet-stream-", dir=spill)
+        self._count = 0
+        self._pool: dict[tuple, list[np.ndarray]] = {}
+
+    def new(self, h: int, w: int, c: int) -> np.ndarray:
+        if self._dir is None:
+            # Freed maps are reused: a fresh one would be faulted in page by page again. A shape
+            # not in the pool empties it, so that maps of a finished phase do not add to the peak.
+            pool = self._pool.get((h, w, c))
+            if pool:
+                return pool.pop()
+            self._pool.clear()
+            return np.empty((h, w, c), np.float32)
+        self._count += 1
+        path = Path(self._dir.name) / f"map{self._count}.f32"
+        return np.memmap(path, np.float32, "w+", shape=(h, w, c))
+
+    @staticmethod
+    def release(*maps: np.ndarray) -> None:
+        """Write a memory-mapped map's dirty pages back and drop them from this process."""
+        for m in maps:
+            if isinstance(m, np.memmap) and getattr(m, "_mmap", None) is not None:
+                m.flush()
+                m._mmap.madvise(mmap.MADV_DONTNEED)
+
+    def free(self, *maps: np.ndarray) -> None:
+        for m in maps:
+            if not isinstance(m, np.memmap):
+                self._pool.setdefault(m.shape, []).append(m)
+            elif getattr(m, "_mmap", None) is not None:
+                path = Path(m.filename)
+                m._mmap.close()
+                path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._dir is not None:
+            self._dir.cleanup()
+
+
+class Moments:
+    """Per-channel count, mean and M2 merged over tiles in float64 (Chan et al. 1979)."""
+
+    def __init__(self) -> None:
+        self.n = 0.0
+        self.mean = self.m2 = None
+
+    def add(self, n: float, mean: np.ndarray, m2: np.ndarray) -> None:
+        mean, m2 = np.asarray(mean, np.float64), np.asarray(m2, np.float64)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = float(n), mean, m2
+            return
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta * delta * (self.n * n / total)
+        self.n = total
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and biased variance, float32 (what the norms apply)."""
+        return self.mean.astype(np.float32), (self.m2 / self.n).astype(np.float32)
+
+
+# --- what a stage computes on one window (traced inside the jitted tile function) ---
+# Each takes the few modules it uses (`parts`, a tuple; None where a module is absent), so that
+# stages of the same structure (the three pre-processing blocks, an IM-block's T steps) share one
+# compiled function.
+
+
+def _norm(mod, x: Array, stats) -> Array:
+    """Instance norm with given whole-image statistics (as global_stats.InstanceNorm replays)."""
+    mean, var = stats
+    y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + mod.epsilon)
+    y = y * mod.scale[...].astype(jnp.float32) + mod.bias[...].astype(jnp.float32)
+    return y.astype(mod.dtype or x.dtype)
+
+
+def _k_conv(parts, spec, windows, mask, consts):
+    """conv(pre(prefix(x))): prefix is the input itself, or relu(norm(x)); pre an optional
+    ShareSepConv. parts = (norm, pre, conv)."""
+    norm, pre, conv = parts
+    (x,) = windows
+    if norm is not None:
+        x = jax.nn.relu(_norm(norm, x, consts["stats"]))
+    x = x * mask
+    if pre is not None:
+        x = pre(x) * mask
+    return [conv(x)]
+
+
+def _k_conv1_conv2(parts, spec, windows, mask, consts):
+    """conv2(relu(norm1(conv1(x)))): conv1 (3 -> C) recomputed rather than stored."""
+    conv1, norm1, conv2 = parts
+    (x,) = windows
+    y = jax.nn.relu(_norm(norm1, conv1(x * mask), consts["stats"])) * mask
+    return [conv2(y)]
+
+
+def _k_im_step(parts, spec, windows, mask, consts):
+    """conv1(S(g)) of one IM-block step, g = g0 + eta f from the previous step's conv2 output.
+    parts = (norm2, pre_conv1, conv1); spec = (eta,)."""
+    norm2, pre, conv1 = parts
+    g = windows[0]
+    if len(windows) == 2:
+        f = jax.nn.relu(_norm(norm2, windows[1], consts["stats"]))
+        g = g + spec[0] * f.astype(g.dtype)
+    x = g * mask
+    if pre is not None:
+        x = pre(x) * mask
+    return [conv1(x)]
+
+
+def _k_pointwise(parts, spec, windows, mask, consts):
+    """Pointwise maps between convolutions: spec[0] names which."""
+    kind = spec[0]
+    if kind == "norm_relu":  # relu(norm(z))
+        return [jax.nn.relu(_norm(parts[0], windows[0], consts["stats"]))]
+    if kind == "residual":  # relu(x + norm(z)), a pre-processing block's output
+        return [jax.nn.relu(windows[0] + _norm(parts[0], windows[1], consts["stats"]))]
+    if kind == "im_out":  # g0 + eta f, an IM-block's output
+        f = jax.nn.relu(_norm(parts[0], windows[1], consts["stats"]))
+        return [windows[0] + spec[1] * f.astype(windows[0].dtype)]
+    if kind == "final":  # deconv(attention(a))
+        att, deconv = parts
+        a = windows[0]
+        if att is not None:
+            v = consts["mean"] * att.l2_w[0, 0] + att.l2_b[0]
+            v = v * att.l3_w[0, 0] + att.l3_b[0]
+            a = a + a * jax.nn.sigmoid(v).astype(a.dtype)
+        return [deconv(a).astype(jnp.float32)]
+    raise ValueError(kind)
+
+
+def _k_mlf(parts, spec, windows, mask, consts):
+    """The MLF fusion sum_i out_i * gate_i; with the paper's RCA also its 1x1 conv, whose
+    spatial mean the attention needs. parts = (gate, rca)."""
+    gate, rca = parts
+    outs = [w * mask for w in windows]
+    gates = gate(jnp.concatenate(outs, axis=-1))
+    y = sum(outs[i] * gates[..., i : i + 1] for i in range(3))
+    if rca is None:
+        return [y]
+    return [y, rca.conv(y).astype(jnp.float32)]
+
+
+def _k_up(parts, spec, windows, mask, consts):
+    """deconv3 of the fused features (after the paper's RCA where there is one). parts = (rca, deconv3)."""
+    rca, deconv3 = parts
+    y = windows[0]
+    if rca is not None:
+        v = rca.fc2(jax.nn.relu(rca.fc1(consts["mean"])))
+        y = y + y * jax.nn.sigmoid(v).astype(y.dtype)
+    return [deconv3(y * mask)]
+
+
+def _k_decode(parts, spec, windows, mask, consts):
+    """a = leaky(conv_su1(deconv1(relu(norm5(deconv2(relu(norm4(z4))))))) + conv_su2(inp)), with
+    deconv2 recomputed; also the authors' attention's c0(a), whose mean it needs."""
+    norm4, deconv2, norm5, deconv1, su1, su2, c0 = parts
+    z4, inp = windows
+    y = jax.nn.relu(_norm(norm4, z4, consts["stats4"])) * mask
+    y = jax.nn.relu(_norm(norm5, deconv2(y), consts["stats5"]))
+    a = jax.nn.leaky_relu(su1(deconv1(y)) + su2(inp.astype(su2.dtype)), negative_slope=0.1)
+    return [a] if c0 is None else [a, c0(a).astype(jnp.float32)]
+
+
+_KINDS: dict[str, Callable] = {
+    "conv": _k_conv, "conv1_conv2": _k_conv1_conv2, "im_step": _k_im_step, "pointwise": _k_pointwise,
+    "mlf": _k_mlf, "up": _k_up, "decode": _k_decode,
+}  # fmt: skip
+
+
+@partial(jax.jit, static_argnames=("graphdef", "kind", "spec", "crop", "keep", "moments"))
+def _tile(graphdef, state, windows, mask, out_mask, consts, *, kind, spec, crop, keep, moments):
+    """One stage on one window: the outputs cropped to the tile (those in `keep`) and, for those in
+    `moments`, the tile's count, per-channel mean and M2 over the in-image positions."""
+    parts = nnx.merge(graphdef, state)
+    outs = _KINDS[kind](parts, spec, [w[None] for w in windows], mask[None], consts)
+    r0, c0, th, tw = crop
+    outs = [o[0, r0 : r0 + th, c0 : c0 + tw] for o in outs]
+    stats = []
+    for i in moments:
+        x = outs[i].astype(jnp.float32)
+        n = jnp.sum(out_mask)
+        mean = jnp.sum(x * out_mask, axis=(0, 1)) / n
+        m2 = jnp.sum(jnp.square((x - mean) * out_mask), axis=(0, 1))
+        stats.append((n, mean, m2))
+    return [outs[i] for i in keep], stats
+
+
+# --- the stage runner ---
+
+
+def _starts(size: int, tile: int) -> Iterator[int]:
+    return iter(range(0, size, tile))
+
+
+def _window(m: np.ndarray, r0: int, c0: int, out: np.ndarray, mask: np.ndarray) -> None:
+    """Fill `out` with m[r0:, c0:] (zeros outside m) and `mask` with where it lies inside m."""
+    h, w = m.shape[:2]
+    rows, cols = out.shape[:2]
+    a, b = max(r0, 0), min(r0 + rows, h)
+    e, f = max(c0, 0), min(c0 + cols, w)
+    out.fill(0.0)
+    mask.fill(0.0)
+    if a < b and e < f:
+        out[a - r0 : b - r0, e - c0 : f - c0] = m[a:b, e:f]
+        mask[a - r0 : b - r0, e - c0 : f - c0] = 1.0
+
+
+def _split(size: int, tile: int) -> int:
+    """The tile length that covers `size` with as few tiles of at most `tile` as possible, evenly
+    (rounded up to even): edge tiles are padded to it, so an uneven split computes a whole tile
+    for a sliver (540 rows in 256-row tiles: 768 computed; in 180-row tiles: 540)."""
+    n = -(-size // tile)
+    length = -(-size // n)
+    return min(size, length + length % 2)
+
+
+class _Runner:
+    def __init__(self, tile: int, maps: Maps, full: tuple[int, int]):
+        self.tile, self.maps, self.full = tile, maps, full
+        self._buffers: dict[tuple, np.ndarray] = {}  # window buffers, reused: no page faults per tile
+
+    def _buffer(self, shape: tuple, slot: int) -> np.ndarray:
+        key = (shape, slot)
+        if key not in self._buffers:
+            self._buffers[key] = np.zeros(shape, np.float32)
+        return self._buffers[key]
+
+    def stage(
+        self, kind: str, parts: tuple, inputs: list[np.ndarray], out: tuple[int, int], channels: list[int],
+        *, spec: tuple = (), halo: int = 0, scale: str = "same", store: tuple[int, ...] = (0,),
+        moments: tuple[int, ...] = (), consts: dict | None = None,
+    ) -> tuple[list[np.ndarray], list[Moments]]:  # fmt: skip
+        """Run a stage over every tile of its (h, w) output. `scale`: "same" (inputs at the output's
+        resolution, `halo` pixels of context), "down" (inputs at twice it: a stride-2 3x3
+        convolution) or "up" (inputs at half of it: the 2x transposed convolution)."""
+        graphdef, state = nnx.split(parts)
+        h, w = out
+        t = self.tile if out == self.full else self.tile // 2
+        th, tw = _split(h, t), _split(w, t)
+        if scale == "same":
+            wr, wc, crop = th + 2 * halo, tw + 2 * halo, (halo, halo, th, tw)
+        elif scale == "down":
+            wr, wc, crop = 2 * th + 2, 2 * tw + 2, (1, 1, th, tw)
+        else:  # up: output tile even, input half-resolution window with one pixel of context
+            wr, wc, crop = th // 2 + 2, tw // 2 + 2, (2, 2, th, tw)
+        results = [self.maps.new(h, w, channels[i]) for i in store]
+        acc = [Moments() for _ in moments]
+        consts = {k: jax.tree.map(jnp.asarray, v) for k, v in (consts or {}).items()}
+        wins = [self._buffer((wr, wc, m.shape[-1]), i) for i, m in enumerate(inputs)]
+        mask = self._buffer((wr, wc, 1), -1)
+        out_mask = self._buffer((th, tw, 1), -2)
+        for r in range(0, h, th):
+            for c in range(0, w, tw):
+                if scale == "same":
+                    r0, c0 = r - halo, c - halo
+                elif scale == "down":
+                    r0, c0 = 2 * r - 2, 2 * c - 2
+                else:
+                    r0, c0 = r // 2 - 1, c // 2 - 1
+                for m, buf in zip(inputs, wins):
+                    _window(m, r0, c0, buf, mask)
+                vr, vc = min(th, h - r), min(tw, w - c)
+                out_mask.fill(0.0)
+                out_mask[:vr, :vc] = 1.0
+                outs, stats = _tile(
+                    graphdef, state, wins, mask, out_mask, consts,
+                    kind=kind, spec=spec, crop=crop, keep=store, moments=moments,
+                )  # fmt: skip
+                for dst, o in zip(results, outs):
+                    dst[r : r + vr, c : c + vc] = np.asarray(o)[:vr, :vc]
+                for a, (n, mean, m2) in zip(acc, stats):
+                    a.add(float(n), np.asarray(mean), np.asarray(m2))
+            Maps.release(*results, *inputs)
+        return results, acc
+
+
+def check_streamable(model) -> None:
+    """Refuse what the executor cannot run exactly (see module doc)."""
+    forward = model.config.solver.forward
+    if forward != "unrolled":
+        raise ValueError(
+            f"exact tiling needs model.solver.forward='unrolled' (a fixed step count); {forward!r} stops on "
+            "a whole-image residual, which tiles cannot test. Run it whole (no tile) instead."
+        )
+
+
+def stream(model, x: np.ndarray, tile: int = 512, spill: str | Path | None = None) -> np.ndarray:
+    """The network's output for one HxWx3 image `x` in the network's input space (what
+    `model(x[None])[0]` gives), computed over tile x tile pieces (full resolution; tile / 2 on the
+    half-resolution maps). `spill`: keep the feature maps in files under this folder."""
+    check_streamable(model)
+    if tile < 8 or tile % 2:
+        raise ValueError(f"tile must be an even number of pixels >= 8, got {tile}")
+    x = np.asarray(x, np.float32)
+    if x.ndim != 3 or x.shape[-1] != 3:
+        raise ValueError(f"expected one HxWx3 image, got shape {x.shape}")
+    h0, w0 = x.shape[:2]
+    if h0 % 2 or w0 % 2:  # as MINet.__call__: edge-pad to even, crop at the end
+        x = np.pad(x, ((0, h0 % 2), (0, w0 % 2), (0, 0)), mode="edge")
+    maps = Maps(spill)
+    try:
+        return _network(_Runner(tile, maps, x.shape[:2]), model, x)[:h0, :w0]
+    finally:
+        maps.close()
+
+
+def _network(run: _Runner, model, inp: np.ndarray) -> np.ndarray:
+    cfg = model.config
+    c = cfg.channels
+    H, W = inp.shape[:2]
+    full, half = (H, W), (H // 2, W // 2)
+    free = run.maps.free
+
+    def st(m: Moments) -> dict:
+        return {"stats": m.stats()}
+
+    # Encoder: conv1 (3 -> C) only for its statistics; recomputed inside conv2's stage.
+    _, (m1,) = run.stage("conv", (None, None, model.conv1), [inp], full, [c], halo=1, store=(), moments=(0,))
+    (z2,), (m2,) = run.stage("conv1_conv2", (model.conv1, model.norm1, model.conv2), [inp], full, [c], halo=2,
+                             moments=(0,), consts=st(m1))  # fmt: skip
+    (z3,), (m3,) = run.stage("conv", (model.norm2, None, model.conv3), [z2], half, [c], scale="down",
+                             moments=(0,), consts=st(m2))  # fmt: skip
+    free(z2)
+    (x,), _ = run.stage("pointwise", (model.norm3,), [z3], half, [c], spec=("norm_relu",), consts=st(m3))
+    free(z3)
+    for rb in model.pre_processing:
+        (r1,), (n1,) = run.stage("conv", (None, None, rb.conv1), [x], half, [c], halo=1, moments=(0,))
+        (r2,), (n2,) = run.stage("conv", (rb.norm1, None, rb.conv2), [r1], half, [c], halo=1, moments=(0,),
+                                 consts=st(n1))  # fmt: skip
+        free(r1)
+        (x_next,), _ = run.stage("pointwise", (rb.norm2,), [x, r2], half, [c], spec=("residual",), consts=st(n2))
+        free(x, r2)
+        x = x_next
+
+    # IM-blocks: T stages of conv1 and conv2 each; g is formed pointwise from g0 and the last conv2.
+    outs = []
+    for b, dil in enumerate(cfg.dilations):
+        f, eta = model.blocks[b].f, model.blocks[b].eta
+        smooth = f.pre_conv1 is not None
+        halo_a = dil + (dil - 1 if smooth else 0)
+        halo_b = 1 + (dil - 1 if smooth else 0)
+        g0, z, za = x, None, None
+        for _ in range(model.blocks[b].T):
+            ins = [g0] if z is None else [g0, z]
+            (z1,), (a1,) = run.stage("im_step", (f.norm2 if z is not None else None, f.pre_conv1, f.conv1), ins,
+                                     half, [c], spec=(eta,), halo=halo_a, moments=(0,),
+                                     consts=st(za) if z is not None else {})  # fmt: skip
+            if z is not None:
+                free(z)
+            (z,), (za,) = run.stage("conv", (f.norm1, f.pre_conv2, f.conv2), [z1], half, [c], halo=halo_b,
+                                    moments=(0,), consts=st(a1))  # fmt: skip
+            free(z1)
+        (out,), _ = run.stage("pointwise", (f.norm2,), [g0, z], half, [c], spec=("im_out", eta), consts=st(za))
+        free(z)
+        if b == 0:
+            free(g0)  # later blocks' g0 is the previous block's output, kept for the fusion
+        outs.append(out)
+        x = out
+
+    # Fusion, (paper) feature attention, decoder.
+    if model.rca is None:
+        (m,), _ = run.stage("mlf", (model.gate, None), outs, half, [c], halo=1)
+        consts_up = {}
+    else:
+        (m,), (ma,) = run.stage("mlf", (model.gate, model.rca), outs, half, [c, c], halo=1, moments=(1,))
+        consts_up = {"mean": ma.stats()[0]}
+    free(*outs)
+    (z4,), (m4,) = run.stage("up", (model.rca, model.deconv3), [m], full, [c], scale="up", moments=(0,),
+                             consts=consts_up)  # fmt: skip
+    free(m)
+    _, (m5,) = run.stage("conv", (model.norm4, None, model.deconv2), [z4], full, [c], halo=1, store=(),
+                         moments=(0,), consts=st(m4))  # fmt: skip
+    c0 = model.attention.c0 if model.attention is not None else None
+    parts = (model.norm4, model.deconv2, model.norm5, model.deconv1, model.conv_su1, model.conv_su2, c0)
+    both = {"stats4": m4.stats(), "stats5": m5.stats()}
+    if c0 is None:
+        (a,), _ = run.stage("decode", parts, [z4, inp], full, [3], halo=1, consts=both)
+        consts_final = {}
+    else:
+        (a,), (mc,) = run.stage("decode", parts, [z4, inp], full, [3, 3], halo=1, moments=(1,), consts=both)
+        consts_final = {"mean": mc.stats()[0]}
+    free(z4)
+    (y,), _ = run.stage("pointwise", (model.attention, model.deconv), [a], full, [3], spec=("final",),
+                        consts=consts_final)  # fmt: skip
+    free(a)
+    return np.array(y, np.float32)
