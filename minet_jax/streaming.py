@@ -373,15 +373,19 @@ def _network(run: _Runner, model, inp: np.ndarray) -> np.ndarray:
     (z3,), (m3,) = run.stage("conv", (model.norm2, None, model.conv3), [z2], half, [c], scale="down",
                              moments=(0,), consts=st(m2))  # fmt: skip
     free(z2)
+    del z2  # free() pools the map; the name must go too, or it is never returned
     (x,), _ = run.stage("pointwise", (model.norm3,), [z3], half, [c], spec=("norm_relu",), consts=st(m3))
     free(z3)
+    del z3
     for rb in model.pre_processing:
         (r1,), (n1,) = run.stage("conv", (None, None, rb.conv1), [x], half, [c], halo=1, moments=(0,))
         (r2,), (n2,) = run.stage("conv", (rb.norm1, None, rb.conv2), [r1], half, [c], halo=1, moments=(0,),
                                  consts=st(n1))  # fmt: skip
         free(r1)
+        del r1
         (x_next,), _ = run.stage("pointwise", (rb.norm2,), [x, r2], half, [c], spec=("residual",), consts=st(n2))
         free(x, r2)
+        del r2
         x = x_next
 
     # IM-blocks: T stages of conv1 and conv2 each; g is formed pointwise from g0 and the last conv2.
@@ -404,6 +408,7 @@ def _network(run: _Runner, model, inp: np.ndarray) -> np.ndarray:
             free(z1)
         (out,), _ = run.stage("pointwise", (f.norm2,), [g0, z], half, [c], spec=("im_out", eta), consts=st(za))
         free(z)
+        del z, z1
         if b == 0:
             free(g0)  # later blocks' g0 is the previous block's output, kept for the fusion
         outs.append(out)
@@ -417,9 +422,11 @@ def _network(run: _Runner, model, inp: np.ndarray) -> np.ndarray:
         (m,), (ma,) = run.stage("mlf", (model.gate, model.rca), outs, half, [c, c], halo=1, moments=(1,))
         consts_up = {"mean": ma.stats()[0]}
     free(*outs)
+    del outs, out, x, g0
     (z4,), (m4,) = run.stage("up", (model.rca, model.deconv3), [m], full, [c], scale="up", moments=(0,),
                              consts=consts_up)  # fmt: skip
     free(m)
+    del m
     _, (m5,) = run.stage("conv", (model.norm4, None, model.deconv2), [z4], full, [c], halo=1, store=(),
                          moments=(0,), consts=st(m4))  # fmt: skip
     c0 = model.attention.c0 if model.attention is not None else None
@@ -432,6 +439,7 @@ def _network(run: _Runner, model, inp: np.ndarray) -> np.ndarray:
         (a,), (mc,) = run.stage("decode", parts, [z4, inp], full, [3, 3], halo=1, moments=(1,), consts=both)
         consts_final = {"mean": mc.stats()[0]}
     free(z4)
+    del z4
     (y,), _ = run.stage("pointwise", (model.attention, model.deconv), [a], full, [3], spec=("final",),
                         consts=consts_final)  # fmt: skip
     free(a)
