@@ -221,7 +221,9 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
     inputs = training.input_quality(val_images)
 
     train_step = training.make_train_step(graphdef, tx, cfg.loss, cfg.stability)
-    radius_monitor = training.make_radius_monitor(graphdef, cfg.stability.iters) if cfg.stability.every else None
+    # Theorem 1's radius is about the IM-block's iteration: residual blocks have none to monitor.
+    monitored = cfg.stability.every and cfg.model.block == "im"
+    radius_monitor = training.make_radius_monitor(graphdef, cfg.stability.iters) if monitored else None
     monitor_input = training.radius_monitor_input(val_images, cfg.data.crop_size)
     predict = training.make_predict(graphdef)
     log = MetricLog(workdir, enabled=is_main, start=start)

@@ -71,6 +71,13 @@ def model_config(variant: str = "official") -> ml_collections.ConfigDict:
             # with a two-layer MLP C -> C/r -> C (paper, Fig. 5).
             rca="image",
             rca_reduction=16,
+            # Table 2's ablations. block: "im" (the IM-block), "resblock1" (one residual block
+            # x + eta f(x) per IM-block) or "resblockT" (T residual blocks, unshared weights);
+            # attention at `rca`'s place: "rca", "oa" (CBAM's channel attention) or "none";
+            # mlf: the gated fusion of the three blocks (False: the third block's output goes on).
+            block="im",
+            attention="rca",
+            mlf=True,
             # What the network sees: "bgr255" = BGR on 0..255 (authors' weights); "rgb01" = RGB
             # on [0, 1] (trains much faster from scratch).
             input_format="bgr255",
@@ -342,7 +349,11 @@ HELP = {
     "model.eta": "step size eta of the implicit-Euler iteration (Theorem 1: stable if rho(eta J_f) < 1)",
     "model.mlf_groups": "MLF gate conv 3C -> 3: 1 = plain conv (authors' code), 3 = group conv (paper)",
     "model.rca": "channel attention: image (on the 3-channel output, authors' code) | features (fused features, paper)",
-    "model.rca_reduction": "the features-RCA's MLP reduction C -> C/r -> C",
+    "model.rca_reduction": "the features-RCA's (and OA's) MLP reduction C -> C/r -> C",
+    "model.block": "im (IM-block: T shared-weight steps) | resblock1 (one residual block x + eta f(x)) | "
+    "resblockT (T residual blocks, own weights each): Table 2; model.solver applies to im only",
+    "model.attention": "at model.rca's place: rca (the paper's) | oa (CBAM channel attention, Table 2) | none",
+    "model.mlf": "multi-level fusion of the three blocks' outputs (false: the third block's output alone goes on)",
     "model.input_format": "what the network sees: bgr255 (BGR 0..255, the authors' weights) | rgb01 (RGB [0, 1])",
     "model.init": "pytorch (the authors' initialisation) | identity (output path started near identity: trains fast)",
     "model.dtype": "compute dtype of the convolutions: float32 | bfloat16 (parameters and statistics stay float32; "
@@ -407,6 +418,8 @@ HELP = {
 CHOICES = {
     "model.variant": VARIANTS,
     "model.rca": ("image", "features"),
+    "model.block": ("im", "resblock1", "resblockT"),
+    "model.attention": ("rca", "oa", "none"),
     "model.input_format": ("bgr255", "rgb01"),
     "model.init": ("pytorch", "identity"),
     "model.dtype": ("float32", "bfloat16", "float16"),
@@ -454,6 +467,11 @@ def check(cfg: ml_collections.ConfigDict, devices: int = 1) -> None:
             raise ConfigError(f"config field {key} must be {'>=' if inclusive else '>'} {low}, got {values[key]!r}")
     if "model.dilations" in values and len(values["model.dilations"]) != 3:
         raise ConfigError(f"config field model.dilations must name 3 dilations, got {values['model.dilations']!r}")
+    if values.get("model.block", "im") != "im" and values.get("stability.weight", 0):
+        raise ConfigError(
+            f"config field stability.weight must be 0 with model.block={values['model.block']!r}: the Jacobian "
+            "regulariser is Theorem 1's, about the IM-block's iteration"
+        )
     if "adam_b1" in values and not (values["adam_b1"] < 1 and values["adam_b2"] < 1):
         raise ConfigError(
             f"config fields adam_b1 and adam_b2 must be < 1, got {values['adam_b1']}, {values['adam_b2']}"

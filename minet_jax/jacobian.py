@@ -229,6 +229,10 @@ _field = functools.lru_cache(maxsize=64)(field_fn)
 def block_fields(model) -> list[tuple[str, int, F, Any, float]]:
     """(name, dilation, f, params, eta) for each IM-block, with forward-mode-safe convolutions;
     official blocks are named as the authors' (res1, res2, res4), others block1..3."""
+    if model.config.block != "im":
+        raise ValueError(
+            f"Theorem 1's probes need IM-blocks (model.block='im'), got model.block={model.config.block!r}"
+        )
     model = forward_mode_model(model)
     out = []
     for i, (d, block) in enumerate(zip(model.config.dilations, model.blocks, strict=True)):

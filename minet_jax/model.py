@@ -189,6 +189,26 @@ class IMBlock(nnx.Module):
         return solvers.solve(f, params, g0, T=self.T, eta=self.eta, cfg=self.solver, stats_slot=stats_slot)
 
 
+class ResidualSteps(nnx.Module):
+    """Explicit-Euler residual blocks x <- x + eta f_k(x), k = 1..n, each f_k an IMField with its
+    own weights: Table 2's Resblock-1 (n = 1, the IM-block's first step) and Resblock-T (n = T,
+    the IM-block's compute with T times its parameters)."""
+
+    def __init__(self, cfg, c: int, dilation: int, n: int, *, rngs: nnx.Rngs):
+        self.fields = nnx.List([IMField(cfg, c, dilation, rngs=rngs) for _ in range(n)])
+        self.eta = float(cfg.eta)
+
+    def __call__(self, x: Array, stats_slot: Array | None = None) -> tuple[Array, solvers.SolverStats]:
+        """`stats_slot` is accepted for MINet's sake and unused: there is no backward solve."""
+        residuals = []
+        for f in self.fields:
+            x_next = x + self.eta * f(x).astype(x.dtype)
+            residuals.append(solvers.relative_residual(x_next, x))
+            x = x_next
+        residuals = jnp.stack(residuals)
+        return x, solvers.SolverStats(jnp.asarray(len(self.fields), jnp.int32), residuals[-1], residuals)
+
+
 class ImageAttention(nnx.Module):
     """The authors' RCA on the 3-channel image: x + x * sigmoid(l3(l2(GAP(c0(x)))))."""
 
@@ -222,6 +242,33 @@ class FeatureAttention(nnx.Module):
         return x + x * jax.nn.sigmoid(v).astype(x.dtype)
 
 
+class ChannelAttention(nnx.Module):
+    """The ordinary attention of Table 2's OA column: CBAM's channel attention (Woo et al. 2018,
+    the paper's [40]), x * sigmoid(MLP(GAP(x)) + MLP(GMP(x))) with one MLP C -> C/r -> C, in the
+    RCA's place (on the image or on the features, as `model.rca` says)."""
+
+    def __init__(self, cfg, c: int, reduction: int, *, rngs: nnx.Rngs):
+        hidden = max(1, c // reduction)
+        self.fc1 = nnx.Linear(c, hidden, kernel_init=_torch_default, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, c, kernel_init=_torch_default, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        if global_stats.active():  # it records means, not maxima
+            raise ValueError("model.attention='oa' takes a global max, which approximate tilings cannot replay")
+        x32 = x.astype(jnp.float32)
+        mlp = lambda v: self.fc2(jax.nn.relu(self.fc1(v)))  # noqa: E731
+        v = mlp(jnp.mean(x32, axis=(1, 2), keepdims=True)) + mlp(jnp.max(x32, axis=(1, 2), keepdims=True))
+        return x * jax.nn.sigmoid(v).astype(x.dtype)
+
+
+def _block(cfg, c: int, dilation: int, rngs: nnx.Rngs) -> nnx.Module:
+    if cfg.block == "im":
+        return IMBlock(cfg, c, dilation, rngs=rngs)
+    if cfg.block in ("resblock1", "resblockT"):
+        return ResidualSteps(cfg, c, dilation, 1 if cfg.block == "resblock1" else cfg.T, rngs=rngs)
+    raise ValueError(f"model.block must be 'im', 'resblock1' or 'resblockT', got {cfg.block!r}")
+
+
 class MINet(nnx.Module):
     """The multi-level implicit network. Input and output NHWC in `cfg.input_format`'s space."""
 
@@ -232,6 +279,8 @@ class MINet(nnx.Module):
             raise ValueError(f"model.dilations must name 3 dilations, got {tuple(cfg.dilations)}")
         if cfg.rca not in ("image", "features"):
             raise ValueError(f"model.rca must be 'image' or 'features', got {cfg.rca!r}")
+        if cfg.attention not in ("rca", "oa", "none"):
+            raise ValueError(f"model.attention must be 'rca', 'oa' or 'none', got {cfg.attention!r}")
         self.config = ml_collections.FrozenConfigDict(cfg)
         c = cfg.channels
         self.conv1 = _conv(cfg, 3, c, 3, rngs=rngs)
@@ -241,9 +290,11 @@ class MINet(nnx.Module):
         self.conv3 = _conv(cfg, c, c, 3, stride=2, rngs=rngs)
         self.norm3 = _norm(c, rngs)
         self.pre_processing = nnx.List([ResidualBlock(cfg, c, rngs=rngs) for _ in range(3)])
-        self.blocks = nnx.List([IMBlock(cfg, c, d, rngs=rngs) for d in cfg.dilations])
-        self.gate = _conv(cfg, 3 * c, 3, 3, bias=True, groups=cfg.mlf_groups, rngs=rngs)
-        self.rca = FeatureAttention(cfg, c, cfg.rca_reduction, rngs=rngs) if cfg.rca == "features" else None
+        self.blocks = nnx.List([_block(cfg, c, d, rngs) for d in cfg.dilations])
+        # Made (drawing its keys) even without MLF, so that every later layer's init is unchanged.
+        gate = _conv(cfg, 3 * c, 3, 3, bias=True, groups=cfg.mlf_groups, rngs=rngs)
+        self.gate = gate if cfg.mlf else None
+        self.rca = self._attention(cfg, c, rngs) if cfg.rca == "features" else None
         self.deconv3 = TransposedConv(cfg, c, c, rngs=rngs)
         self.norm4 = _norm(c, rngs)
         self.deconv2 = _conv(cfg, c, c, 3, bias=True, rngs=rngs)
@@ -251,12 +302,21 @@ class MINet(nnx.Module):
         self.deconv1 = _conv(cfg, c, 3, 1, bias=True, rngs=rngs)
         self.conv_su1 = _conv(cfg, 3, 3, 1, bias=True, rngs=rngs)
         self.conv_su2 = _conv(cfg, 3, 3, 1, bias=True, rngs=rngs)
-        self.attention = ImageAttention(cfg, rngs=rngs) if cfg.rca == "image" else None
+        self.attention = self._attention(cfg, 3, rngs) if cfg.rca == "image" else None
         self.deconv = _conv(cfg, 3, 3, 1, bias=True, rngs=rngs)
         if cfg.init == "identity":
             self._init_identity_output()
         elif cfg.init != "pytorch":
             raise ValueError(f"model.init must be 'pytorch' or 'identity', got {cfg.init!r}")
+
+    @staticmethod
+    def _attention(cfg, c: int, rngs: nnx.Rngs) -> nnx.Module | None:
+        """The attention at `cfg.rca`'s place (c = 3: on the image, else on the features)."""
+        if cfg.attention == "none":
+            return None
+        if cfg.attention == "oa":
+            return ChannelAttention(cfg, c, cfg.rca_reduction, rngs=rngs)
+        return ImageAttention(cfg, rngs=rngs) if c == 3 else FeatureAttention(cfg, c, cfg.rca_reduction, rngs=rngs)
 
     def _init_identity_output(self) -> None:
         eye = jnp.eye(3, dtype=jnp.float32)[None, None]
@@ -265,9 +325,13 @@ class MINet(nnx.Module):
             layer.bias[...] = jnp.zeros((3,), jnp.float32)
         self.conv_su1.kernel[...] = self.conv_su1.kernel[...] * 1e-3
         self.conv_su1.bias[...] = jnp.zeros((3,), jnp.float32)
-        if self.attention is not None:
+        if isinstance(self.attention, ImageAttention):
             self.attention.l3_w[...] = jnp.zeros((1, 1), jnp.float32)
             self.attention.l3_b[...] = jnp.full((1,), -10.0, jnp.float32)
+        elif isinstance(self.attention, ChannelAttention):  # x * sigmoid(~10): open, the identity
+            fc2 = self.attention.fc2
+            fc2.kernel[...] = jnp.zeros_like(fc2.kernel[...])
+            fc2.bias[...] = jnp.full_like(fc2.bias[...], 5.0)  # sigmoid(2 * 5) ~ 1 - 5e-5
 
     def __call__(
         self, x: Array, *, with_aux: bool = False, stats_slots: Array | None = None
@@ -291,8 +355,9 @@ class MINet(nnx.Module):
             y, s = block(y, None if stats_slots is None else stats_slots[i])
             outs.append(y)
             stats.append(s)
-        gates = self.gate(jnp.concatenate(outs, axis=-1))
-        y = sum(outs[i] * gates[..., i : i + 1] for i in range(3))
+        if self.gate is not None:
+            gates = self.gate(jnp.concatenate(outs, axis=-1))
+            y = sum(outs[i] * gates[..., i : i + 1] for i in range(3))
         if self.rca is not None:
             y = self.rca(y)
         y = jax.nn.relu(self.norm4(self.deconv3(y)))

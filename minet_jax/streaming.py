@@ -328,6 +328,11 @@ class _Runner:
 
 def check_streamable(model) -> None:
     """Refuse what the executor cannot run exactly (see module doc)."""
+    cfg = model.config
+    ablated = [f"model.{k}={v!r}" for k, v, d in (("block", cfg.block, "im"), ("attention", cfg.attention, "rca"),
+               ("mlf", cfg.mlf, True)) if v != d]  # fmt: skip
+    if ablated:
+        raise ValueError(f"exact tiling runs the released and paper networks, not the ablation {', '.join(ablated)}")
     forward = model.config.solver.forward
     if forward != "unrolled":
         raise ValueError(

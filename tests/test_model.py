@@ -86,3 +86,135 @@ def test_identity_init_starts_near_identity():
     x = np.random.default_rng(0).random((20, 24, 3)).astype(np.float32)
     out = dehaze(MINet(cfg), x, clip=False)
     assert np.abs(out - x).max() < 0.05
+
+
+# ----------------------------------------------------------------------------- Table 2's ablations
+
+
+def _field_params(c: int, d: int, smooth: bool) -> int:
+    """An IMField: two bias-free 3x3 convs, two instance norms (scale, bias), and a ShareSepConv
+    (2d-1)^2 kernel before each conv where smoothed."""
+    return 2 * 9 * c * c + 2 * 2 * c + (2 * (2 * d - 1) ** 2 if smooth and d > 1 else 0)
+
+
+def _ablated(variant: str, **changes):
+    cfg = model_config(variant)
+    cfg.update(changes)
+    return cfg
+
+
+@pytest.mark.parametrize("variant", ["official", "paper"])
+def test_ablation_parameter_counts(variant):
+    base_cfg = model_config(variant)
+    base = count_params(MINet(base_cfg))
+    c, T, smooth = base_cfg.channels, base_cfg.T, base_cfg.smooth_dilated
+    fields = sum(_field_params(c, d, smooth) for d in base_cfg.dilations)
+    gate = 3 * c // base_cfg.mlf_groups * 9 * 3 + 3
+    hidden = max(1, c // 16)
+    if variant == "official":  # attention on the 3-channel image: RCA = 1x1 conv 3->3 and 4 scalars
+        rca, oa = 3 * 3 + 3 + 4, (3 * 1 + 1) + (1 * 3 + 3)
+    else:  # on the C-channel features: 1x1 conv C->C and the MLP C -> C/16 -> C
+        rca = (c * c + c) + (c * hidden + hidden) + (hidden * c + c)
+        oa = (c * hidden + hidden) + (hidden * c + c)
+    assert count_params(MINet(_ablated(variant, block="resblock1"))) == base  # one field per block, as the IM-block
+    assert count_params(MINet(_ablated(variant, block="resblockT"))) == base + (T - 1) * fields
+    assert count_params(MINet(_ablated(variant, mlf=False))) == base - gate
+    assert count_params(MINet(_ablated(variant, attention="none"))) == base - rca
+    assert count_params(MINet(_ablated(variant, attention="oa"))) == base - rca + oa
+
+
+def _small(**changes):
+    cfg = model_config("official")
+    cfg.update({"channels": 8, "T": 3, **changes})
+    return cfg
+
+
+def _x():
+    return jax.random.uniform(jax.random.key(5), (1, 12, 14, 3)) * 255
+
+
+def test_resblock1_is_the_im_block_with_one_step():
+    # g1 = g0 + eta f(g0): the explicit-Euler step the paper says the IM-block reduces to at k = 0.
+    cfg = _small(block="resblock1", eta=0.7)
+    one_step = _small(T=1, eta=0.7)
+    np.testing.assert_allclose(np.asarray(MINet(cfg)(_x())), np.asarray(MINet(one_step)(_x())), rtol=1e-5, atol=1e-4)
+
+
+def test_resblockt_chains_t_residual_blocks_with_their_own_weights():
+    cfg = _small(block="resblockT", eta=0.7)
+    m = MINet(cfg)
+    steps = m.blocks[1]
+    assert len(steps.fields) == cfg.T
+    k0, k1 = steps.fields[0].conv1.kernel[...], steps.fields[1].conv1.kernel[...]
+    assert not np.allclose(np.asarray(k0), np.asarray(k1))  # unshared
+    x = jax.random.normal(jax.random.key(0), (1, 6, 7, 8))
+    want = np.asarray(x, np.float64)
+    for f in steps.fields:  # x <- x + eta f_k(x), the explicit-Euler chain of Eq. (1)
+        want = want + 0.7 * np.asarray(f(jnp.asarray(want, jnp.float32)), np.float64)
+    got, stats = steps(x)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert int(stats.iterations) == cfg.T
+    # Not the IM-block's g0 + eta f(g_k) with the first field's weights.
+    g = x
+    for _ in range(cfg.T):
+        g = x + 0.7 * steps.fields[0](g)
+    assert np.abs(np.asarray(g) - want).max() > 1e-2
+
+
+def test_without_mlf_the_third_block_goes_on():
+    # MLF with gates fixed at (0, 0, 1) is the network without MLF (same initialisation otherwise).
+    plain, fused = MINet(_small(mlf=False)), MINet(_small())
+    assert plain.gate is None
+    fused.gate.kernel[...] = jnp.zeros_like(fused.gate.kernel[...])
+    fused.gate.bias[...] = jnp.array([0.0, 0.0, 1.0])
+    np.testing.assert_allclose(np.asarray(plain(_x())), np.asarray(fused(_x())), rtol=1e-5, atol=1e-4)
+
+
+def test_attention_none_is_a_closed_rca():
+    bare, closed = MINet(_small(attention="none")), MINet(_small())
+    assert bare.attention is None and bare.rca is None
+    closed.attention.l3_w[...] = jnp.zeros((1, 1))
+    closed.attention.l3_b[...] = jnp.full((1,), -200.0)  # sigmoid = 0 in float32: x + x * 0
+    for name in ("kernel", "bias"):  # the one layer made after the attention draws other keys
+        getattr(bare.deconv, name)[...] = getattr(closed.deconv, name)[...]
+    np.testing.assert_allclose(np.asarray(bare(_x())), np.asarray(closed(_x())), rtol=1e-6, atol=1e-4)
+
+
+def test_oa_is_cbam_channel_attention():
+    from minet_jax.model import ChannelAttention
+
+    att = ChannelAttention(model_config(), 8, 4, rngs=nnx.Rngs(2))
+    att.fc1.bias[...] = jax.random.normal(jax.random.key(3), (2,))
+    x = np.asarray(jax.random.normal(jax.random.key(1), (2, 5, 6, 8)), np.float64)
+    w1, b1 = (np.asarray(v[...], np.float64) for v in (att.fc1.kernel, att.fc1.bias))
+    w2, b2 = (np.asarray(v[...], np.float64) for v in (att.fc2.kernel, att.fc2.bias))
+    mlp = lambda v: np.maximum(v @ w1 + b1, 0) @ w2 + b2  # noqa: E731
+    v = mlp(x.mean(axis=(1, 2))) + mlp(x.max(axis=(1, 2)))
+    want = x * (1 / (1 + np.exp(-v)))[:, None, None, :]
+    np.testing.assert_allclose(np.asarray(att(jnp.asarray(x, jnp.float32))), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("changes", [{"attention": "oa"}, {"block": "resblockT"}, {"mlf": False}])
+def test_identity_init_holds_for_the_ablations(changes):
+    cfg = model_config("official")
+    cfg.update(dict(input_format="rgb01", init="identity", T=2, **changes))
+    x = np.random.default_rng(0).random((20, 24, 3)).astype(np.float32)
+    assert np.abs(dehaze(MINet(cfg), x, clip=False) - x).max() < 0.05
+
+
+def test_ablations_refuse_what_needs_the_im_block():
+    from minet_jax.config import ConfigError, check, train_config
+    from minet_jax.jacobian import block_fields
+    from minet_jax.streaming import check_streamable
+
+    m = MINet(_small(block="resblockT"))
+    with pytest.raises(ValueError, match="model.block='im'"):
+        block_fields(m)
+    with pytest.raises(ValueError, match="model.block='resblockT'"):
+        check_streamable(m)
+    with pytest.raises(ValueError, match="model.attention='oa'"):
+        check_streamable(MINet(_small(attention="oa")))
+    cfg = train_config()
+    cfg.model.block, cfg.stability.weight = "resblock1", 1.0
+    with pytest.raises(ConfigError, match="stability.weight"):
+        check(cfg)
