@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
     "python -m pytest -q": (META, []),  # this suite
     "python -m minet_jax.tools.dehaze --checkpoint minet_its_official.pth photo.jpg": (RUN, []),
     "python -m minet_jax.tools.dehaze --checkpoint runs/default/checkpoints photo.jpg --suffix _mine": (RUN, []),
+    "python -m minet_jax.tools.dehaze --checkpoint minet_its_official.pth photo.jpg --tile 512 --suffix _tiled": (
+        RUN,
+        [],
+    ),
     "python -m minet_jax.tools.convert minet_its_official.pth ckpt/official": (RUN, []),
     "python evaluate.py --checkpoint ckpt/official --data SOTS/indoor --output out/sots_indoor": (
         RUN,
@@ -73,6 +77,8 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
     "python -m pytest -q -m slow": (META, []),
     "pip install torch==2.13.0+cpu": (META, []),  # benchmark-only; tests/benchmarks run where it is installed
     "python benchmarks/torch_vs_jax.py --output out/torch_vs_jax": (PARSE, []),  # needs torch
+    "python benchmarks/large_image.py --weights minet_its_official.pth --image hazy.png --sizes 2160x3840 "
+    "--modes whole,exact:512,exact:512:spill --output out/large_image": (PARSE, []),  # 4K: half an hour
     "python benchmarks/profile_step.py --output out/profile_step": (RUN, ["--crop", "16", "--batch", "1", "--T", "1"]),
     'pip install -U "jax[cuda12]==0.10.2"': (META, []),  # a GPU install; this suite runs on the CPU
     "pip install .": (META, []),  # test_config builds and installs the wheel and loads a preset from it
