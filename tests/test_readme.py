@@ -53,6 +53,9 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
         TINY_TRAIN + TINY_DEFAULT_DATA,
     ),  # fmt: skip
     "python train.py --help": (RUN, []),
+    # nine 2-minute trainings; tests/benchmarks/test_default_recipe_seeds.py checks its arithmetic
+    "python benchmarks/default_recipe_seeds.py --output out/default_recipe_seeds --recipe base= "
+    "--recipe b2_095=adam_b2=0.95": (PARSE, []),
     # the authors' 64-channel weights do not fit TINY_TRAIN's 8 channels (tests/test_train.py runs init_from)
     "python train.py --workdir runs/finetune --set init_from=minet_its_official.pth --set model.input_format=bgr255": (
         PARSE,
