@@ -7,12 +7,12 @@ I = J t + A (1 - t), t = exp(-beta d), A in [0.7, 1], beta in [0.6, 1.8]); valid
 not used in training. The network sees RGB on [0, 1] with its output path started near the
 identity (the authors' BGR 0..255 convention learns slowly from scratch). Every training crop
 gets new haze (data.fresh_haze), batches are 16 crops of 32 px (as many pixels as 4 of 64 px,
-four times the examples), lr halves every 30 steps, and Adam's beta2 is 0.99 (its second-moment
-estimate follows a 150-step run faster than 0.999's; better on each of seeds 0, 1, 2, by +0.09 dB
-on average; 0.95 was not: benchmarks/results/default_recipe_seeds_cpu/).
+four times the examples), lr halves every 30 steps, and Adam's beta2 is 0.99 (better than 0.999
+on each of seeds 0, 1, 2, by +0.09 dB on average; 0.95 was not:
+benchmarks/results/default_recipe_seeds_cpu/).
 
 Measured on a 2-core AMD EPYC (2026-12-05, JAX 0.10.2): 21.20 dB against the hazy 15.12 dB (+6.07)
-in 134 s for seed 0; seeds 1 and 2 give +5.67 and +5.69 dB (mean +5.81). Runs are deterministic
+in 136 s for seed 0; seeds 1 and 2 give +5.67 and +5.69 dB (mean +5.81). Runs are deterministic
 for a seed; README's first lines say the same.
 """
 

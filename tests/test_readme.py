@@ -53,7 +53,7 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
         TINY_TRAIN + TINY_DEFAULT_DATA,
     ),  # fmt: skip
     "python train.py --help": (RUN, []),
-    # nine 2-minute trainings; tests/benchmarks/test_default_recipe_seeds.py checks its arithmetic
+    # six 2-minute trainings (2 recipes x 3 seeds); tests/benchmarks/test_default_recipe_seeds.py checks its arithmetic
     "python benchmarks/default_recipe_seeds.py --output out/default_recipe_seeds --recipe base= "
     "--recipe b2_095=adam_b2=0.95": (PARSE, []),
     # the authors' 64-channel weights do not fit TINY_TRAIN's 8 channels (tests/test_train.py runs init_from)
