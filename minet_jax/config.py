@@ -96,6 +96,10 @@ def model_config(variant: str = "official") -> ml_collections.ConfigDict:
             # CPU backend otherwise leaves its fast path inside the implicit backward's adjoint
             # loop), "lax" (JAX's own rule, any mode), or "auto" = explicit on CPU. Same values.
             conv_vjp="auto",
+            # Run a batch as this many independent groups of images (same values; on the CPU
+            # XLA then keeps both cores busy, see model.AUTO_BATCH_SPLIT_CPU); 0 = auto (2 on
+            # the CPU, 1 elsewhere), lowered to a divisor of the batch.
+            batch_split=0,
             solver=solver_config(),
         )
     )
@@ -361,6 +365,8 @@ HELP = {
     "model.precision": "jax.lax.Precision of the convolutions, e.g. highest; empty = backend default",
     "model.share_sep_impl": "ShareSepConv as shift (shifted sums, fast on CPU) | shift_autodiff | xla | auto",
     "model.conv_vjp": "IM-block convolutions' gradient: explicit (fast in the adjoint loop on CPU) | lax | auto",
+    "model.batch_split": "run a batch as this many independent groups of images (same values; both CPU cores busy); "
+    "0 = auto (2 on the CPU, 1 elsewhere)",
     "model.solver.forward": "IM-block forward: unrolled (exactly T steps, as released) | fixed_point | anderson (to tol)",
     "model.solver.backward": "gradient: unrolled (backprop through the steps) | implicit (adjoint solve) | phantom",
     "model.solver.unroll": "lax.scan unroll factor; 0 = auto (fully unrolled on CPU, where a rolled scan is ~50x slower)",
@@ -437,7 +443,7 @@ CHOICES = {
 # (lowest allowed, whether it may equal it); "lr > 0", "batch_size >= 1", ...
 BOUNDS = {
     "model.channels": (1, True), "model.T": (1, True), "model.eta": (0, False), "model.rca_reduction": (1, True),
-    "model.mlf_groups": (1, True), "model.solver.unroll": (0, True), "model.solver.tol": (0, False),
+    "model.mlf_groups": (1, True), "model.batch_split": (0, True), "model.solver.unroll": (0, True), "model.solver.tol": (0, False),
     "model.solver.max_iter": (1, True), "model.solver.anderson_m": (1, True),
     "model.solver.backward_tol": (0, False), "model.solver.backward_max_iter": (1, True),
     "model.solver.phantom_steps": (1, True), "data.crop_size": (0, True), "data.workers": (0, True),

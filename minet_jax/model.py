@@ -6,6 +6,7 @@ that the weight conversion in `convert.py` is a plain renaming plus layout chang
 
 from __future__ import annotations
 
+from functools import reduce
 from typing import Any
 
 import jax
@@ -261,6 +262,40 @@ class ChannelAttention(nnx.Module):
         return x * jax.nn.sigmoid(v).astype(x.dtype)
 
 
+# Independent groups of images a batch is split into on the CPU (model.batch_split = 0). XLA's
+# CPU runtime runs each YNNPACK convolution of a 64x64 feature map on one core, and ops that do
+# not depend on each other at once: two chains of images keep both cores busy. Training steps,
+# one process, variants alternated, medians of 9 (2-core EPYC, 2026-12-05), 1 / 2 / 4 groups:
+# 128x128 batch 4 T=8 2.56 / 1.93 / 2.68 s (4 groups swings between 2.0 and 3.0 s); 32x32
+# batch 16 (the default run) 0.67 / 0.51 / 0.50 s, 8 groups 0.59 s. Only 2 cores were measured.
+AUTO_BATCH_SPLIT_CPU = 2
+
+
+def batch_split(cfg: ml_collections.ConfigDict, batch: int) -> int:
+    """How many groups of images `MINet` runs a batch of `batch` as: `cfg.batch_split` (0 = auto:
+    AUTO_BATCH_SPLIT_CPU on the CPU, 1 elsewhere), lowered to a divisor of `batch`."""
+    n = int(cfg.get("batch_split", 0))
+    if n < 0:
+        raise ValueError(f"model.batch_split must be >= 0 (0 = auto), got {n}")
+    if n == 0:
+        n = AUTO_BATCH_SPLIT_CPU if jax.default_backend() == "cpu" else 1
+    n = max(1, min(n, batch))
+    while batch % n:
+        n -= 1
+    return n
+
+
+def _merge_aux(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One aux dict from those of a batch's groups: arrays joined along the batch, solver
+    statistics the worst group's (largest count and residual; NaN entries ignored)."""
+    cat = lambda key: [jnp.concatenate(xs) for xs in zip(*(p[key] for p in parts), strict=True)]  # noqa: E731
+    stats = [
+        solvers.SolverStats(*(reduce(jnp.fmax, fields) for fields in zip(*per_group, strict=True)))
+        for per_group in zip(*(p["solver_stats"] for p in parts), strict=True)
+    ]
+    return {"block_inputs": cat("block_inputs"), "block_outputs": cat("block_outputs"), "solver_stats": stats}
+
+
 def _block(cfg, c: int, dilation: int, rngs: nnx.Rngs) -> nnx.Module:
     if cfg.block == "im":
         return IMBlock(cfg, c, dilation, rngs=rngs)
@@ -339,7 +374,20 @@ class MINet(nnx.Module):
         """Network output for NHWC `x` of any height and width (odd sizes are edge-padded to even
         and cropped back). With `with_aux`, also per-block solver statistics and block inputs.
         `stats_slots`: optional (3, 2) zeros; their gradient row i is block i's backward
-        [iterations, residual] (see solvers.py)."""
+        [iterations, residual] (see solvers.py).
+
+        The images of a batch go through as `batch_split(config, len(x))` independent groups
+        (the same values: every layer is per image); the statistics are then the worst group's,
+        and iterative solvers stop per group."""
+        n = 1 if global_stats.active() else batch_split(self.config, x.shape[0])
+        if n == 1:
+            return self._run(x, with_aux, stats_slots)
+        slots = [None] * n if stats_slots is None else solvers.fan_out_max(stats_slots, n)
+        parts = [self._run(xi, True, si) for xi, si in zip(jnp.split(x, n), slots, strict=True)]
+        y = jnp.concatenate([p[0] for p in parts])
+        return (y, _merge_aux([p[1] for p in parts])) if with_aux else y
+
+    def _run(self, x: Array, with_aux: bool, stats_slots: Array | None):
         h, w = x.shape[1], x.shape[2]
         if h % 2 or w % 2:
             x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")

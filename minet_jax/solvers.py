@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from functools import partial
+from functools import partial, reduce
 from typing import Any, NamedTuple
 
 import jax
@@ -362,6 +362,25 @@ def _report_bwd(value, ct):
 
 
 _report.defvjp(_report_fwd, _report_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def fan_out_max(slot: Array, n: int) -> tuple[Array, ...]:
+    """`n` copies of a stats slot whose cotangents combine by maximum, not sum: solves run on
+    parts of a batch (model.batch_split) each report into one copy, and the slot's gradient is
+    then the largest iteration count and residual among them."""
+    return (slot,) * n
+
+
+def _fan_out_max_fwd(slot, n):
+    return (slot,) * n, None
+
+
+def _fan_out_max_bwd(n, _, cts):
+    return (reduce(jnp.maximum, cts),)
+
+
+fan_out_max.defvjp(_fan_out_max_fwd, _fan_out_max_bwd)
 
 
 def _tag(g: Array, slot: Array | None, steps: Array) -> Array:

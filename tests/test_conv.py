@@ -38,6 +38,28 @@ def test_values_and_gradients_match_lax(k):
         np.testing.assert_allclose(a, b, rtol=0, atol=_sum_bound(terms[i], scales[i]))
 
 
+def test_input_gradient_used_twice_as_in_an_im_block():
+    """The case conv._unfused is for: g <- g0 + S(g) over steps, so each step's input gradient
+    feeds both the step before and g0's sum. Jitted, as XLA fuses it, against lax's."""
+
+    def block(op):
+        def loss(g0, kernel):
+            g = g0
+            for _ in range(4):
+                g = g0 + 0.5 * jnp.tanh(op(g, kernel))
+            return jnp.sum(g * g)
+
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+    g0 = jax.random.normal(jax.random.key(3), (2, 9, 11, 5))
+    kernel = 0.2 * jax.random.normal(jax.random.key(4), (7, 7))
+    got, want = block(conv.shared_depthwise_conv)(g0, kernel), block(conv.shared_depthwise_conv_lax)(g0, kernel)
+    for a, b in zip(got, want, strict=True):
+        # four steps of 49-term sums, each within _sum_bound of lax's; a margin of 4 for the chain
+        np.testing.assert_allclose(a, b, rtol=0, atol=4 * 4 * _sum_bound(49, float(jnp.abs(b).max())))
+    assert np.array_equal(conv._unfused(jnp.flip, g0, kernel), jnp.flip(g0))
+
+
 def test_gradient_against_finite_differences_in_float64():
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.key(0), (1, 6, 7, 3), jnp.float64)

@@ -218,3 +218,72 @@ def test_ablations_refuse_what_needs_the_im_block():
     cfg.model.block, cfg.stability.weight = "resblock1", 1.0
     with pytest.raises(ConfigError, match="stability.weight"):
         check(cfg)
+
+
+def test_batch_split_is_a_divisor_of_the_batch():
+    from minet_jax.model import AUTO_BATCH_SPLIT_CPU, batch_split
+
+    cfg = model_config()
+    cases = {(3, 4): 2, (4, 4): 4, (4, 3): 3, (5, 2): 2, (2, 7): 1, (8, 1): 1, (1, 8): 1}
+    for (n, batch), want in cases.items():
+        cfg.batch_split = n
+        assert batch_split(cfg, batch) == want, (n, batch)
+    cfg.batch_split = 0
+    auto = AUTO_BATCH_SPLIT_CPU if jax.default_backend() == "cpu" else 1
+    assert batch_split(cfg, 12) == auto
+    cfg.batch_split = -1
+    with pytest.raises(ValueError, match="model.batch_split must be >= 0"):
+        batch_split(cfg, 4)
+
+
+def _split_model(base, n: int) -> MINet:
+    cfg = model_config()
+    cfg.update(base)
+    cfg.batch_split = n
+    return MINet(cfg, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+    "solver", [{}, {"forward": "fixed_point", "tol": 1e-3, "max_iter": 6, "backward": "implicit"}]
+)
+def test_batch_split_keeps_outputs_and_gradients(solver):
+    """Every layer is per image, so the groups give the batch's values; the statistics are the
+    worst group's (each group solved alone), and the stats slots' gradient their maximum."""
+    base = model_config()
+    base.T, base.channels = 3, 8
+    base.solver.update(solver)
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (4, 8, 10, 3)).astype(np.float32))
+
+    def run(n: int, x: jax.Array):
+        graphdef, params = nnx.split(_split_model(base, n))
+
+        def loss(p, slots):
+            y, aux = nnx.merge(graphdef, p)(x, with_aux=True, stats_slots=slots)
+            return jnp.mean(jnp.square(y - 100.0)), (y, aux)
+
+        (_, (y, aux)), (g, slot_bar) = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, jnp.zeros((3, 2)))
+        return y, aux, jax.tree.leaves(g), slot_bar
+
+    run = jax.jit(run, static_argnums=0)
+    y1, aux1, g1, _ = run(1, x)
+    gscale = max(float(jnp.max(jnp.abs(a))) for a in g1)
+    for n in (2,):  # 4 (one image per group) alike; each n costs a compile of the whole network
+        y, aux, g, slot_bar = run(n, x)
+        # The same arithmetic per image; only the order of float32 sums over a batch may differ.
+        np.testing.assert_allclose(y, y1, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(y1))))
+        for a, b in zip(aux["block_outputs"], aux1["block_outputs"], strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+        for a, b in zip(g, g1, strict=True):  # some are ~0 in exact arithmetic: scale by the largest
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * gscale)
+        # Forward and backward statistics: each group's own (run alone, as a batch of its own),
+        # combined by maximum, not summed.
+        alone = [run(1, xi) for xi in jnp.split(x, n)]
+        for i, st in enumerate(aux["solver_stats"]):
+            assert int(st.iterations) == max(int(a[1]["solver_stats"][i].iterations) for a in alone)
+            want = max(float(a[1]["solver_stats"][i].residual) for a in alone)
+            np.testing.assert_allclose(st.residual, want, rtol=1e-4)
+        own = np.stack([a[3] for a in alone])
+        np.testing.assert_array_equal(slot_bar[:, 0], own[:, :, 0].max(0))
+        np.testing.assert_allclose(slot_bar[:, 1], own[:, :, 1].max(0), rtol=1e-3, atol=1e-7)
+        if not solver:
+            np.testing.assert_array_equal(slot_bar[:, 0], base.T)

@@ -390,3 +390,17 @@ def test_one_step_is_written_out_not_a_loop():
     assert "scan" not in jaxpr and "while" not in jaxpr
     want = g0 + field(params, g0)
     np.testing.assert_array_equal(solvers.unrolled(field, params, g0, T=1)[0], want)
+
+
+def test_fan_out_max_combines_cotangents_by_maximum():
+    """Each copy's cotangent is one group's report; the slot's gradient is their elementwise max."""
+    slot = jnp.zeros(2)
+    a, b, c = jnp.array([3.0, 0.5]), jnp.array([5.0, 0.1]), jnp.array([4.0, 0.7])
+
+    def loss(s):
+        x, y, z = solvers.fan_out_max(s, 3)
+        return jnp.vdot(a, x) + jnp.vdot(b, y) + jnp.vdot(c, z)
+
+    copies = solvers.fan_out_max(slot + 1.0, 3)
+    assert len(copies) == 3 and all(np.array_equal(x, [1.0, 1.0]) for x in copies)
+    np.testing.assert_array_equal(jax.grad(loss)(slot), np.array([5.0, 0.7], np.float32))

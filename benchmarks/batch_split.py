@@ -1,0 +1,172 @@
+"""Training-step time against `model.batch_split`, every variant in one process, alternated.
+
+    python benchmarks/batch_split.py --output benchmarks/results/batch_split_cpu
+    python benchmarks/batch_split.py --shapes 4x128 --pairs unrolled/implicit --variants 1,2 --reps 5
+
+On XLA's CPU backend each YNNPACK convolution of a 64x64 feature map runs on one core, and the
+runtime runs ops that do not depend on each other at once: a batch run as independent groups
+of images (model.batch_split) gives it two chains of work to keep two cores busy. This script
+compiles configs/default.py's training step once per variant and shape (synthetic batch, random
+weights), then times them in turn, A, B, C, A, B, C, ..., so that every variant sees the same
+machine state, and reports medians and their ratio to the first variant's.
+
+A variant is `N` (batch_split = N) or `N:fused`: the same, with ShareSepConv's input gradient
+left to XLA's fusion (conv._unfused bypassed), the ablation of that fix. Shapes are BATCHxCROP.
+Writes OUTPUT/batch_split.json and .md with the machine named.
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__":  # time steps as train.py runs them (minet_jax/host.py), before JAX starts
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from minet_jax.host import with_huge_pages
+
+    with_huge_pages()
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def parse_variant(text: str) -> tuple[int, bool]:
+    """'2' -> (2, False); '2:fused' -> (2, True)."""
+    n, _, flag = text.partition(":")
+    if not n.isdigit() or flag not in ("", "fused"):
+        raise argparse.ArgumentTypeError(f"variant {text!r}: expected N or N:fused, N >= 0 (0 = auto)")
+    return int(n), flag == "fused"
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    b, sep, c = text.partition("x")
+    if not sep or not b.isdigit() or not c.isdigit() or int(b) < 1 or int(c) < 2:
+        raise argparse.ArgumentTypeError(f"shape {text!r}: expected BATCHxCROP, e.g. 4x128")
+    return int(b), int(c)
+
+
+def _cpu_name() -> str:
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
+
+
+def summarise(variants: list[str], times: list[list[float]]) -> list[dict]:
+    """Per variant its median, spread (min, max) and median over the first variant's median."""
+    medians = [statistics.median(t) for t in times]
+    return [
+        {"variant": v, "median_s": m, "min_s": min(t), "max_s": max(t), "ratio": m / medians[0], "times_s": t}
+        for v, t, m in zip(variants, times, medians, strict=True)
+    ]
+
+
+def time_shape(pair: str, batch: int, crop: int, T: int, variants: list[str], reps: int, warmup: int) -> list[dict]:
+    import jax
+    from flax import nnx
+
+    from minet_jax import conv
+    from minet_jax.model import MINet, batch_split
+    from minet_jax.tools.bench import bench_config
+    from minet_jax.tools.measure import compile_train_step, synthetic_batch
+
+    data = synthetic_batch(batch, crop)
+    forward, backward = pair.split("/")
+    unfused, steps, groups = conv._unfused, [], []
+    try:
+        for v in variants:
+            n, fused = parse_variant(v)
+            conv._unfused = (lambda fn, x, key: fn(x)) if fused else unfused  # read while tracing
+            cfg = bench_config([("model.solver.forward", forward), ("model.solver.backward", backward),
+                                ("model.T", T), ("model.batch_split", n)])  # fmt: skip
+            params = nnx.state(MINet(cfg.model, rngs=nnx.Rngs(cfg.seed)), nnx.Param)
+            step = compile_train_step(cfg, params, data)
+            for _ in range(warmup):
+                jax.block_until_ready(step.compiled(step.state, data))
+            steps.append(step)
+            groups.append(batch_split(cfg.model, batch))
+    finally:
+        conv._unfused = unfused
+    times = [[] for _ in variants]
+    for _ in range(reps):
+        for i, step in enumerate(steps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(step.compiled(step.state, data))
+            times[i].append(time.perf_counter() - t0)
+    rows = summarise(variants, times)
+    for row, g in zip(rows, groups, strict=True):
+        row.update(pair=pair, batch=batch, crop=crop, T=T, groups=g)
+    return rows
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    out = [
+        f"# Training step against model.batch_split ({m['cpu']}, {m['cores']} cores, {report['date']})",
+        "",
+        f"jax {m['jax']}; medians of {report['reps']} alternated repetitions in one process, "
+        f"{report['warmup']} untimed after compiling; ratio = median / the first variant's.",
+        "",
+        "| pair | batch x crop | T | variant | groups | median | min - max | ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["rows"]:
+        out.append(
+            f"| {r['pair']} | {r['batch']} x {r['crop']} | {r['T']} | {r['variant']} | {r['groups']} | "
+            f"{r['median_s']:.3f} s | {r['min_s']:.2f} - {r['max_s']:.2f} | {r['ratio']:.2f} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="4x128,16x32", help="comma-separated BATCHxCROP")
+    p.add_argument("--pairs", default="unrolled/unrolled,unrolled/implicit,unrolled/phantom")
+    p.add_argument("--variants", default="1,2,4,2:fused", help="comma-separated N or N:fused (first = baseline)")
+    p.add_argument("--T", type=int, default=8)
+    p.add_argument("--reps", type=int, default=9)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--output", default="", help="folder for batch_split.json and .md")
+    args = p.parse_args(argv)
+    try:
+        shapes = [parse_shape(s) for s in args.shapes.split(",")]
+        variants = args.variants.split(",")
+        for v in variants:
+            parse_variant(v)
+    except argparse.ArgumentTypeError as e:
+        p.error(str(e))
+
+    import jax
+
+    rows = []
+    for pair in args.pairs.split(","):
+        for batch, crop in shapes:
+            shape_rows = time_shape(pair, batch, crop, args.T, variants, args.reps, args.warmup)
+            for r in shape_rows:
+                print(f"{pair} {batch}x{crop} {r['variant']:>8}: {r['median_s']:.3f} s ({r['ratio']:.2f}x)", flush=True)
+            rows += shape_rows
+    report = {
+        "machine": {"cpu": _cpu_name(), "cores": len(os.sched_getaffinity(0)), "jax": jax.__version__,
+                    "backend": jax.default_backend()},  # fmt: skip
+        "date": time.strftime("%Y-%m-%d"), "reps": args.reps, "warmup": args.warmup, "rows": rows,
+    }  # fmt: skip
+    md = markdown(report)
+    print(md)
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "batch_split.json").write_text(json.dumps(report, indent=1))
+        (out / "batch_split.md").write_text(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
