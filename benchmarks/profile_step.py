@@ -1,7 +1,8 @@
-"""Per-op profile of one jitted training step: where the time goes, by XLA instruction.
+"""Per-op profile of one jitted training step (or forward): where the time goes, by XLA instruction.
 
     python benchmarks/profile_step.py --output benchmarks/results/profile_step_cpu
     python benchmarks/profile_step.py --pair unrolled/phantom --crop 128 --batch 4 --T 8
+    python benchmarks/profile_step.py --infer 460x620 --output benchmarks/results/profile_infer_cpu
 
 Traces one step (after two warm-up steps) with `jax.profiler`, matches every executed thunk to its
 instruction in the optimised HLO, and sums the durations by kind: YNNPACK fusions (XLA's CPU
@@ -72,31 +73,60 @@ def _kind(name: str, line: str, batch: int) -> str:
     return op.group(1) if op else "other (runtime)"
 
 
-def profile(pair: str, crop: int, batch: int, T: int, outdir: Path) -> dict:
+def train_program(pair: str, crop: int, batch: int, T: int):
+    """(run, optimised HLO text) of configs/default.py's training step on a synthetic batch."""
     import jax
     from flax import nnx
 
     from minet_jax.model import MINet
     from minet_jax.tools.bench import bench_config
-    from minet_jax.tools.measure import compile_train_step, machine, synthetic_batch
+    from minet_jax.tools.measure import compile_train_step, synthetic_batch
 
     forward, backward = pair.split("/")
     cfg = bench_config([("model.solver.forward", forward), ("model.solver.backward", backward), ("model.T", T)])
     data = synthetic_batch(batch, crop)
     params = nnx.state(MINet(cfg.model, rngs=nnx.Rngs(cfg.seed)), nnx.Param)
     step = compile_train_step(cfg, params, data)
-    lines = _instructions(step.compiled.as_text())
+    return (lambda: jax.block_until_ready(step.compiled(step.state, data))), step.compiled.as_text()
+
+
+def infer_program(h: int, w: int, T: int):
+    """(run, optimised HLO text) of the released network's forward on one h x w image."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from minet_jax.config import model_config
+    from minet_jax.tools.bench import random_model
+
+    cfg = model_config("official")
+    cfg.T = T
+    graphdef, state = random_model(cfg)
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (1, h, w, 3)).astype(np.float32))
+    compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile()
+    return (lambda: jax.block_until_ready(compiled(state, x))), compiled.as_text()
+
+
+def profile(run, hlo: str, batch: int, outdir: Path, **meta) -> dict:
+    """Time `run` (three untimed-by-the-trace calls after two warm-ups), then trace one call and
+    sum its thunks' durations by kind; `meta` goes into the report as given."""
+    import jax
+
+    from minet_jax.tools.measure import machine
+
+    lines = _instructions(hlo)
     for _ in range(2):
-        jax.block_until_ready(step.compiled(step.state, data))
+        run()
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for _ in range(3):
-        jax.block_until_ready(step.compiled(step.state, data))
+        run()
     r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     trace_dir = outdir / "trace"
     with jax.profiler.trace(str(trace_dir)):
         t2 = time.perf_counter()
-        jax.block_until_ready(step.compiled(step.state, data))
+        run()
         traced_s = time.perf_counter() - t2
     files = sorted(glob.glob(str(trace_dir / "plugins" / "profile" / "*" / "*.trace.json.gz")))
     events = json.load(gzip.open(files[-1]))["traceEvents"]
@@ -112,7 +142,7 @@ def profile(pair: str, crop: int, batch: int, T: int, outdir: Path) -> dict:
         kind_count[k] += count[name]
     total = sum(per_op.values())
     return {
-        "machine": machine(), "pair": pair, "crop": crop, "batch": batch, "T": T,
+        "machine": machine(), **meta,
         "step_s": (t1 - t0) / 3, "cpu_over_wall": cpu / (t1 - t0),
         "system_s_per_step": (r1.ru_stime - r0.ru_stime) / 3,
         "minor_faults_per_step": (r1.ru_minflt - r0.ru_minflt) / 3,
@@ -126,7 +156,8 @@ def profile(pair: str, crop: int, batch: int, T: int, outdir: Path) -> dict:
 def markdown(r: dict) -> str:
     m = r["machine"]
     out = [
-        f"# Training step profile: {r['pair']}, {r['batch']}x{r['crop']}x{r['crop']}, T={r['T']}",
+        (f"# Inference profile: one {r['infer']} image, T={r['T']}" if r.get("infer") else
+         f"# Training step profile: {r['pair']}, {r['batch']}x{r['crop']}x{r['crop']}, T={r['T']}"),
         "",
         f"{m['cpu']} ({m['cpu_count']} cores), jax {m['jax']}, GLIBC_TUNABLES={r['glibc_tunables'] or '(unset)'}. "
         f"Step {r['step_s']:.2f} s (mean of 3); CPU time / wall {r['cpu_over_wall']:.2f}; system time "
@@ -149,11 +180,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--T", type=int, default=8)
+    p.add_argument("--infer", default="", metavar="HxW", help="profile the forward of one HxW image instead")
     p.add_argument("--output", required=True, help="folder for profile.json, profile.md and the trace")
     args = p.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    report = profile(args.pair, args.crop, args.batch, args.T, out)
+    if args.infer:
+        h, _, w = args.infer.partition("x")
+        if not (h.isdigit() and w.isdigit()):
+            p.error(f"--infer {args.infer!r}: expected HxW, e.g. 460x620")
+        run, hlo = infer_program(int(h), int(w), args.T)
+        report = profile(run, hlo, 1, out, infer=args.infer, batch=1, T=args.T)
+    else:
+        run, hlo = train_program(args.pair, args.crop, args.batch, args.T)
+        report = profile(run, hlo, args.batch, out, pair=args.pair, crop=args.crop, batch=args.batch, T=args.T)
     md = markdown(report)
     print(md)
     (out / "profile.json").write_text(json.dumps(report, indent=1))
