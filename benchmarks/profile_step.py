@@ -108,9 +108,9 @@ def infer_program(h: int, w: int, T: int):
     return (lambda: jax.block_until_ready(compiled(state, x))), compiled.as_text()
 
 
-def profile(run, hlo: str, batch: int, outdir: Path, **meta) -> dict:
+def profile(run, hlo: str, outdir: Path, **meta) -> dict:
     """Time `run` (three untimed-by-the-trace calls after two warm-ups), then trace one call and
-    sum its thunks' durations by kind; `meta` goes into the report as given."""
+    sum its thunks' durations by kind; `meta` (with the batch size) goes into the report as given."""
     import jax
 
     from minet_jax.tools.measure import machine
@@ -137,7 +137,7 @@ def profile(run, hlo: str, batch: int, outdir: Path, **meta) -> dict:
             count[e["name"]] += 1
     kinds, kind_count = collections.Counter(), collections.Counter()
     for name, s in per_op.items():
-        k = _kind(name, lines.get(name, ""), batch)
+        k = _kind(name, lines.get(name, ""), meta["batch"])
         kinds[k] += s
         kind_count[k] += count[name]
     total = sum(per_op.values())
@@ -190,10 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         if not (h.isdigit() and w.isdigit()):
             p.error(f"--infer {args.infer!r}: expected HxW, e.g. 460x620")
         run, hlo = infer_program(int(h), int(w), args.T)
-        report = profile(run, hlo, 1, out, infer=args.infer, batch=1, T=args.T)
+        report = profile(run, hlo, out, infer=args.infer, batch=1, T=args.T)
     else:
         run, hlo = train_program(args.pair, args.crop, args.batch, args.T)
-        report = profile(run, hlo, args.batch, out, pair=args.pair, crop=args.crop, batch=args.batch, T=args.T)
+        report = profile(run, hlo, out, pair=args.pair, crop=args.crop, batch=args.batch, T=args.T)
     md = markdown(report)
     print(md)
     (out / "profile.json").write_text(json.dumps(report, indent=1))

@@ -195,3 +195,36 @@ def _same_conv_bwd(dilation, precision, res, g):
 
 
 _same_conv.defvjp(_same_conv_fwd, _same_conv_bwd)
+
+
+def conv_general_dilated_1x1_as_dot(
+    lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+    feature_group_count=1, precision=None, preferred_element_type=None, **kwargs,
+):  # fmt: skip
+    """Drop-in for `lax.conv_general_dilated` (as nnx.Conv calls it) that computes a 1x1, stride-1,
+    unpadded, one-group NHWC / HWIO convolution as a matrix product over the channels. XLA's CPU
+    backend ran the decoder's 1x1 convolution to 3 channels at 460x620 in 165 ms of a 2.5 s
+    inference (42 ms alone) against 3.9 ms as a dot: its convolution path is slow for so few
+    output channels. Anything else goes to `lax.conv_general_dilated` unchanged. Same values."""
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    given = dimension_numbers and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    flat_pad = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+    plain = (
+        given == nhwc
+        and rhs.shape[:-2] == (1, 1)
+        and all(s == 1 for s in window_strides)
+        and all(d == 1 for d in (lhs_dilation or ()))
+        and feature_group_count == 1
+        and flat_pad in ("VALID", "SAME", ((0, 0), (0, 0)))
+        and not {k: v for k, v in kwargs.items() if v is not None}
+    )
+    if not plain:
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+            precision=precision, preferred_element_type=preferred_element_type, **kwargs,
+        )  # fmt: skip
+    return lax.dot_general(
+        lhs, rhs[0, 0], (((lhs.ndim - 1,), (0,)), ((), ())), precision=precision,
+        preferred_element_type=preferred_element_type,
+    )  # fmt: skip

@@ -58,6 +58,8 @@ def conv_vjp(cfg: ml_collections.ConfigDict) -> str:
 def _conv(cfg, cin, cout, k, *, stride=1, dilation=1, bias=False, groups=1, init=_kaiming, explicit_vjp=False, rngs):
     pad = dilation * (k - 1) // 2
     fn = conv.conv_general_dilated_explicit_vjp if explicit_vjp else jax.lax.conv_general_dilated
+    if k == 1 and groups == 1:
+        fn = conv.conv_general_dilated_1x1_as_dot
     return nnx.Conv(
         cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)),
         kernel_dilation=dilation, use_bias=bias, feature_group_count=groups, kernel_init=init,

@@ -217,3 +217,26 @@ def test_model_same_output_and_gradient_with_either_conv_vjp():
     np.testing.assert_array_equal(outs["explicit"], outs["lax"])
     for a, b in zip(jax.tree.leaves(grads["explicit"]), jax.tree.leaves(grads["lax"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5 * max(1.0, float(jnp.abs(b).max())))
+
+
+def test_1x1_as_dot_matches_lax_values_and_gradients():
+    x = jax.random.normal(jax.random.key(5), (2, 6, 7, 16))
+    k = jax.random.normal(jax.random.key(6), (1, 1, 16, 3))
+    args = ((1, 1), ((0, 0), (0, 0)))
+    dn = ("NHWC", "HWIO", "NHWC")
+    f = lambda fn: lambda x, k: jnp.sum(jnp.sin(fn(x, k, *args, dimension_numbers=dn)))  # noqa: E731
+    want = jax.lax.conv_general_dilated(x, k, *args, dimension_numbers=dn)
+    got = conv.conv_general_dilated_1x1_as_dot(x, k, *args, dimension_numbers=dn)
+    bound = _sum_bound(16, float(jnp.abs(x).max() * jnp.abs(k).max()))
+    np.testing.assert_allclose(got, want, rtol=0, atol=bound)
+    g_got = jax.grad(f(conv.conv_general_dilated_1x1_as_dot), (0, 1))(x, k)
+    g_want = jax.grad(f(jax.lax.conv_general_dilated), (0, 1))(x, k)
+    for a, b, terms in zip(g_got, g_want, (3, x.size // 16), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=_sum_bound(terms, float(jnp.abs(b).max()) * 16 + 1.0))
+    # not 1x1 (or strided, or grouped): lax's own convolution, exactly
+    k3 = jax.random.normal(jax.random.key(7), (3, 3, 16, 3))
+    pad = ((1, 1), (1, 1))
+    np.testing.assert_array_equal(
+        conv.conv_general_dilated_1x1_as_dot(x, k3, (1, 1), pad, dimension_numbers=dn),
+        jax.lax.conv_general_dilated(x, k3, (1, 1), pad, dimension_numbers=dn),
+    )

@@ -83,6 +83,10 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
     "python benchmarks/large_image.py --weights minet_its_official.pth --image hazy.png --sizes 2160x3840 "
     "--modes whole,exact:512,exact:512:spill --output out/large_image": (PARSE, []),  # 4K: half an hour
     "python benchmarks/profile_step.py --output out/profile_step": (RUN, ["--crop", "16", "--batch", "1", "--T", "1"]),
+    # compiles the whole training step once per variant (minutes); tests/benchmarks/test_batch_split.py
+    "python benchmarks/batch_split.py --shapes 4x128 --pairs unrolled/unrolled --variants 1,2 --reps 3 "
+    "--output out/batch_split": (PARSE, []),
+    "python benchmarks/conv_threads.py --output out/conv_threads": (RUN, ["--reps", "1"]),
     'pip install -U "jax[cuda12]==0.10.2"': (META, []),  # a GPU install; this suite runs on the CPU
     "pip install .": (META, []),  # test_config builds and installs the wheel and loads a preset from it
     "pip install -e .": (META, []),
