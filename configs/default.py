@@ -11,9 +11,9 @@ four times the examples), lr halves every 30 steps, and Adam's beta2 is 0.99 (be
 on each of seeds 0, 1, 2, by +0.09 dB on average; 0.95 was not:
 benchmarks/results/default_recipe_seeds_cpu/).
 
-Measured on a 2-core AMD EPYC (2026-12-05, JAX 0.10.2): 21.16 dB against the hazy 15.12 dB (+6.04)
-in 119 s for seed 0. Earlier that day, before a batch ran as two groups of images (float sums in
-another order), seed 0 gave +6.07 dB and seeds 1 and 2 +5.67 and +5.69 dB (mean +5.81). Runs are
+Measured on a 2-core AMD EPYC (2026-12-06, JAX 0.10.2): 21.02 dB against the hazy 15.12 dB (+5.89)
+in 133 s for seed 0. On 2026-12-05, before the 1x1 convolutions became matrix products and a
+batch ran as two groups of images (float sums in other orders), seed 0 gave +6.07 dB and seeds 1 and 2 +5.67 and +5.69 dB (mean +5.81). Runs are
 deterministic for a seed; README's first lines say the same.
 """
 
