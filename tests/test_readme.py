@@ -65,6 +65,8 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
     # tests/tools/test_solver_study.py trains this config's solver end to end
     "python train.py --config configs/deq.py --workdir runs/deq": (PARSE, []),
     "python -m minet_jax.tools.solver_study --preset cpu --output runs/solver_study": (PARSE, []),  # hours; tests/tools
+    # hours; tests/tools/test_ablation.py runs its tiny preset end to end
+    "python -m minet_jax.tools.ablation --preset cpu --output runs/ablation": (PARSE, []),
     "python benchmarks/adjoint_tolerance.py --output out/adjoint_tolerance": (PARSE, []),
     "python -m minet_jax.tools.stability --checkpoint minet_its_official.pth --image hazy.png --crop 32 "
     "--output out/st32": (RUN, ["--krylov", "6", "--max-restarts", "1", "--power-iters", "2"]),
