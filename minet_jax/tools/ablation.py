@@ -325,17 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, overrides in p["runs"].items():
         overrides = {**overrides, **extra}
         workdir = out / "runs" / name
-        res = solver_study.train(workdir, overrides, log)
-        entry: dict[str, Any] = {"overrides": overrides, "peak_rss_bytes": res["peak_rss_bytes"]}
-        entry["curves"] = solver_study.curves(workdir, int(preset["batch"]))
-        entry["median_step_s"] = entry["curves"].pop("median_step_s")
-        if res["returncode"] == 0:
-            entry["status"] = "done"
+        entry = solver_study.train_entry(workdir, overrides, int(preset["batch"]), log)
+        if entry["status"] == "done":
             entry["analysis"] = analyze(workdir, overrides, preset, log)
         else:
             failures += 1
-            entry["status"] = f"failed ({res['returncode']}): {res['message']}"
-            log(f"{workdir}: {entry['status']}")
         report["runs"][name] = entry
         report["orderings"] = orderings(report)
         (out / "ablation.json").write_text(json.dumps(report, indent=1))

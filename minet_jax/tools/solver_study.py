@@ -164,6 +164,19 @@ def train(workdir: Path, overrides: dict, log) -> dict:
     }
 
 
+def train_entry(workdir: Path, overrides: dict, batch: int, log) -> dict[str, Any]:
+    """Train one run (`train`, resuming) and start its report entry: overrides, peak RSS, the
+    validation curves, median step, and status ("done", or "failed (code): train.py's message")."""
+    res = train(workdir, overrides, log)
+    entry: dict[str, Any] = {"overrides": overrides, "peak_rss_bytes": res["peak_rss_bytes"]}
+    entry["curves"] = curves(workdir, batch)
+    entry["median_step_s"] = entry["curves"].pop("median_step_s")
+    entry["status"] = "done" if res["returncode"] == 0 else f"failed ({res['returncode']}): {res['message']}"
+    if res["returncode"]:
+        log(f"{workdir}: {entry['status']}")
+    return entry
+
+
 def analyze(workdir: Path, overrides: dict, preset: dict, log) -> dict:
     """Validation on every image, forward statistics per block on whole images and Theorem 1
     probes of the run's last checkpoint; cached in analysis.json."""
@@ -471,18 +484,12 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs:
             overrides = {**run_overrides(track, run, preset, train_data, val_data, weights), **extra}
             workdir = out / track / run
-            res = train(workdir, overrides, log)
-            entry: dict[str, Any] = {"overrides": overrides, "peak_rss_bytes": res["peak_rss_bytes"]}
-            entry["curves"] = curves(workdir, int(preset["batch"]))
-            entry["median_step_s"] = entry["curves"].pop("median_step_s")
-            if res["returncode"] == 0:
-                entry["status"] = "done"
+            entry = train_entry(workdir, overrides, int(preset["batch"]), log)
+            if entry["status"] == "done":
                 entry["analysis"] = analyze(workdir, overrides, preset, log)
                 entry["step_bench"] = step_bench(workdir, overrides, preset, log)
             else:
                 failures += 1
-                entry["status"] = f"failed ({res['returncode']}): {res['message']}"
-                log(f"{workdir}: {entry['status']}")
             report["tracks"][track][run] = entry
             (out / "solver_study.json").write_text(json.dumps(report, indent=1))
             (out / "solver_study.md").write_text(markdown(report))
