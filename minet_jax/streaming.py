@@ -67,10 +67,11 @@ class Maps:
 
     @staticmethod
     def release(*maps: np.ndarray) -> None:
-        """Write a memory-mapped map's dirty pages back and drop them from this process."""
+        """Drop a memory-mapped map's pages from this process. Dirty pages stay in the kernel's
+        page cache, which writes them back at its own pace (or never, for a map freed and
+        unlinked first): a synchronous msync here cost 7.6 of 79 s at 1080p with 512-px tiles."""
         for m in maps:
             if isinstance(m, np.memmap) and getattr(m, "_mmap", None) is not None:
-                m.flush()
                 m._mmap.madvise(mmap.MADV_DONTNEED)
 
     def free(self, *maps: np.ndarray) -> None:
