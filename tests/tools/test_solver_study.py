@@ -1,6 +1,8 @@
 """minet_jax.tools.solver_study: the tiny preset end to end, resuming, and the runs' configs."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,3 +97,18 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             solver_study.main(argv)
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="VmHWM needs Linux's /proc")
+def test_a_runs_peak_memory_is_its_own_not_the_drivers():
+    """A child of a large driver: wait4's ru_maxrss would report the driver's size (it survives
+    fork and exec); the polled VmHWM reports what the child's program held."""
+    import subprocess
+    import sys
+
+    ballast = np.ones(400 * 2**20 // 8)  # the driver holds 400 MiB, touched
+    child = "import numpy, time; a = numpy.ones(150 * 2**20 // 8); time.sleep(1.5)"
+    proc = subprocess.Popen([sys.executable, "-c", child])
+    status, peak = solver_study.wait_with_peak(proc.pid, poll_s=0.1)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert 150 * 2**20 < peak < 400 * 2**20 + ballast[:1].nbytes
