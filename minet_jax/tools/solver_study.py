@@ -170,6 +170,8 @@ def wait_with_peak(pid: int, poll_s: float = 0.5) -> tuple[int, int]:
     runs. Linux: its VmHWM, polled (growth in its last `poll_s` is missed). wait4's ru_maxrss
     is only the fallback: it survives fork and exec, so a child of this driver after an analysis
     reported the driver's 4.7 GiB for a train.py that held 1.5."""
+    # measure.peak_rss_bytes reads this process's own VmHWM, and importing it would load JAX into
+    # the driver, which needs none until it analyses: hence these few lines for another pid.
     peak = 0
     status_file = Path(f"/proc/{pid}/status")
     while True:
