@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py --output benchmarks/results/profile_step_cpu
     python benchmarks/profile_step.py --pair unrolled/phantom --crop 128 --batch 4 --T 8
+    python benchmarks/profile_step.py --pair unrolled/implicit --set model.dtype=bfloat16 --output out/prof_bf16
     python benchmarks/profile_step.py --infer 460x620 --output benchmarks/results/profile_infer_cpu
 
 Traces one step (after two warm-up steps) with `jax.profiler`, matches every executed thunk to its
@@ -73,8 +74,9 @@ def _kind(name: str, line: str, batch: int) -> str:
     return op.group(1) if op else "other (runtime)"
 
 
-def train_program(pair: str, crop: int, batch: int, T: int):
-    """(run, optimised HLO text) of configs/default.py's training step on a synthetic batch."""
+def train_program(pair: str, crop: int, batch: int, T: int, overrides: list | None = None):
+    """(run, optimised HLO text) of configs/default.py's training step on a synthetic batch;
+    `overrides` ((key, value) pairs) apply to the training config first."""
     import jax
     from flax import nnx
 
@@ -83,7 +85,8 @@ def train_program(pair: str, crop: int, batch: int, T: int):
     from minet_jax.tools.measure import compile_train_step, synthetic_batch
 
     forward, backward = pair.split("/")
-    cfg = bench_config([("model.solver.forward", forward), ("model.solver.backward", backward), ("model.T", T)])
+    cfg = bench_config([*(overrides or []), ("model.solver.forward", forward), ("model.solver.backward", backward),
+                        ("model.T", T)])  # fmt: skip
     data = synthetic_batch(batch, crop)
     params = nnx.state(MINet(cfg.model, rngs=nnx.Rngs(cfg.seed)), nnx.Param)
     step = compile_train_step(cfg, params, data)
@@ -182,7 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--T", type=int, default=8)
     p.add_argument("--infer", default="", metavar="HxW", help="profile the forward of one HxW image instead")
     p.add_argument("--output", required=True, help="folder for profile.json, profile.md and the trace")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="training-config override, e.g. --set model.dtype=bfloat16 --set model.solver.backward_tol=0.1")
     args = p.parse_args(argv)
+    from minet_jax.config import ConfigError, parse_overrides
+
+    try:
+        overrides = parse_overrides(args.set)
+    except ConfigError as e:
+        p.error(str(e))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     if args.infer:
@@ -192,8 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         run, hlo = infer_program(int(h), int(w), args.T)
         report = profile(run, hlo, out, infer=args.infer, batch=1, T=args.T)
     else:
-        run, hlo = train_program(args.pair, args.crop, args.batch, args.T)
-        report = profile(run, hlo, out, pair=args.pair, crop=args.crop, batch=args.batch, T=args.T)
+        try:
+            run, hlo = train_program(args.pair, args.crop, args.batch, args.T, overrides)
+        except ConfigError as e:
+            p.error(str(e))
+        report = profile(run, hlo, out, pair=args.pair, crop=args.crop, batch=args.batch, T=args.T,
+                         overrides=[f"{k}={v}" for k, v in overrides])  # fmt: skip
     md = markdown(report)
     print(md)
     (out / "profile.json").write_text(json.dumps(report, indent=1))

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from minet_jax.instance_norm import instance_norm_relu
+
 Array = jax.Array
 
 _MODE: contextvars.ContextVar[_Recorder | _Replayer | None] = contextvars.ContextVar("minet_stats", default=None)
@@ -103,6 +105,13 @@ class InstanceNorm(nnx.InstanceNorm):
         if self.bias is not None:
             y = y + self.bias[...].astype(jnp.float32)
         return y.astype(self.dtype or x.dtype)
+
+    def relu(self, x: Array) -> Array:
+        """relu(self(x)), differentiated by instance_norm.instance_norm_relu's leaner rule (the
+        same values) outside a recording or replay."""
+        if _MODE.get() is not None or self.scale is None or self.bias is None or self.dtype != jnp.float32:
+            return jax.nn.relu(self(x))
+        return instance_norm_relu(x, self.scale[...], self.bias[...], self.epsilon)
 
 
 @jax.jit(static_argnums=0)

@@ -126,7 +126,7 @@ class ResidualBlock(nnx.Module):
         self.norm2 = _norm(c, rngs)
 
     def __call__(self, x: Array) -> Array:
-        y = jax.nn.relu(self.norm1(self.conv1(x)))
+        y = self.norm1.relu(self.conv1(x))
         return jax.nn.relu(x + self.norm2(self.conv2(y)))
 
 
@@ -152,10 +152,10 @@ class IMField(nnx.Module):
     def __call__(self, x: Array) -> Array:
         if self.pre_conv1 is not None:
             x = self.pre_conv1(x)
-        y = jax.nn.relu(self.norm1(self.conv1(x)))
+        y = self.norm1.relu(self.conv1(x))
         if self.pre_conv2 is not None:
             y = self.pre_conv2(y)
-        return jax.nn.relu(self.norm2(self.conv2(y)))
+        return self.norm2.relu(self.conv2(y))
 
 
 def field_fn(graphdef: nnx.GraphDef) -> solvers.F:
@@ -394,9 +394,9 @@ class MINet(nnx.Module):
         if h % 2 or w % 2:
             x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         inp = x.astype(_dtype(self.config))
-        y = jax.nn.relu(self.norm1(self.conv1(inp)))
-        y = jax.nn.relu(self.norm2(self.conv2(y)))
-        y = jax.nn.relu(self.norm3(self.conv3(y)))
+        y = self.norm1.relu(self.conv1(inp))
+        y = self.norm2.relu(self.conv2(y))
+        y = self.norm3.relu(self.conv3(y))
         for block in self.pre_processing:
             y = block(y)
         block_inputs, outs, stats = [], [], []
@@ -410,8 +410,8 @@ class MINet(nnx.Module):
             y = sum(outs[i] * gates[..., i : i + 1] for i in range(3))
         if self.rca is not None:
             y = self.rca(y)
-        y = jax.nn.relu(self.norm4(self.deconv3(y)))
-        y = jax.nn.relu(self.norm5(self.deconv2(y)))
+        y = self.norm4.relu(self.deconv3(y))
+        y = self.norm5.relu(self.deconv2(y))
         y = self.deconv1(y)
         y = jax.nn.leaky_relu(self.conv_su1(y) + self.conv_su2(inp), negative_slope=0.1)
         if self.attention is not None:
