@@ -83,7 +83,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 TRACK_SETTINGS = {
     "scratch": {"lr": 2e-3, "lr_decay_every_fraction": 0.25},
-    "finetune": {"lr": 1e-4, "lr_decay_every_fraction": 0.0},
+    # 1e-4 wrecked the authors' converged weights on 64 px crops (they trained on whole images): validation
+    # PSNR 37.9 -> 29.7 dB after 100 steps, 23.7 after 400; 1e-5 keeps 37.6 / 37.4 at 50 / 100.
+    "finetune": {"lr": 1e-5, "lr_decay_every_fraction": 0.0},
 }
 
 
