@@ -345,12 +345,23 @@ def test_one_and_eight_devices_give_the_same_parameters(tiny_data, tmp_path):
         out = _train_on(n, synth, tfds, tmp_path / f"run{n}")
         assert f"DEVICES {n} {n} 1" in out
         assert json.loads((tmp_path / f"run{n}" / "summary.json").read_text())["devices"] == n
-        runs[n] = jax.tree.leaves(params_of(load_pretrained(tmp_path / f"run{n}" / "checkpoints" / "2")))
+        runs[n] = jax.tree_util.tree_leaves_with_path(
+            params_of(load_pretrained(tmp_path / f"run{n}" / "checkpoints" / "2"))
+        )
     moved = 0.0
-    for a, b in zip(runs[1], runs[8], strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    for (path, a), (_, b) in zip(runs[1], runs[8], strict=True):
+        name = jax.tree_util.keystr(path)
+        if name in _ROUNDING_DRIVEN:
+            continue
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5, err_msg=name)
         moved = max(moved, float(np.abs(np.asarray(a)).max()))
     assert moved > 0
+
+
+# The transposed convolutions' biases feed an instance norm, which subtracts them again: their
+# gradient is zero but for rounding, which Adam (g / sqrt(v)) turns into steps of about the
+# learning rate whose sign is the rounding's. Their values say nothing about the devices.
+_ROUNDING_DRIVEN = {"['deconv3']['bias']", "['deconv2']['bias']"}
 
 
 def test_init_from_a_checkpoint_starts_from_its_parameters(finished_run, tiny_config, tmp_path):
