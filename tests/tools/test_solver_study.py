@@ -77,8 +77,11 @@ def test_a_failed_run_is_reported_and_the_study_goes_on(tmp_path, tiny_data, mon
 @pytest.mark.parametrize("track", solver_study.TRACKS)
 @pytest.mark.parametrize("run", list(solver_study.RUNS))
 def test_every_run_config_is_valid_and_has_its_solver(track, run, tmp_path):
-    o = solver_study.run_overrides(track, run, solver_study.PRESETS["cpu"], tmp_path, tmp_path, tmp_path / "w.pth")
+    budget = solver_study.track_preset(solver_study.PRESETS["cpu"], track)
+    o = solver_study.run_overrides(track, run, budget, tmp_path, tmp_path, tmp_path / "w.pth")
     cfg = apply_overrides(load_config("default"), list(o.items()))
+    # Every run of a track has the same budget; the tracks see the same pixels a step.
+    assert (cfg.data.crop_size, cfg.batch_size) == ((128, 2) if track == "finetune" else (64, 8))
     deq = load_config("deq")
     want = {"unrolled": ("unrolled", "unrolled"), "phantom": ("unrolled", "phantom"), "implicit": ("unrolled", "implicit"),
             "deq": (deq.model.solver.forward, "implicit"), "deq_no_stability": (deq.model.solver.forward, "implicit")}  # fmt: skip
