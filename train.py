@@ -230,7 +230,7 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
     bar = tqdm(
         total=cfg.num_steps, initial=start, desc="train", disable=not (cfg.progress and is_main), dynamic_ncols=True
     )
-    lowest = {"loss": np.inf, "step": 0}
+    watch = training.DivergenceWatch(cfg.max_loss_ratio)
     timing = {"t": time.time(), "step": start}
 
     def finish(step: int, metrics: dict, last_good: jax.Array) -> None:
@@ -245,14 +245,13 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
                 "then rerun to resume"
             )
         loss = values["loss"]
-        if cfg.max_loss_ratio and loss > cfg.max_loss_ratio * lowest["loss"]:
+        reference = watch.reference()
+        if watch.diverging(loss):
             raise TrainingError(
                 f"diverging: the loss at step {step} is {loss:.4g}, over max_loss_ratio {cfg.max_loss_ratio:g} times "
-                f"the lowest so far ({lowest['loss']:.4g} at step {lowest['step']}); the last checkpoint in "
+                f"the median of the last {len(watch.recent)} steps' ({reference:.4g}); the last checkpoint in "
                 f"{mngr.directory} is intact: lower config.lr or set config.grad_clip"
             )
-        if loss < lowest["loss"]:
-            lowest.update(loss=loss, step=step)
         if step % cfg.log_every == 0 or step == cfg.num_steps:
             now = time.time()
             values["lr"] = float(schedule(step - 1))

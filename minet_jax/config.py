@@ -166,7 +166,7 @@ def train_config(variant: str = "official") -> ml_collections.ConfigDict:
     c.adam_b1 = 0.9
     c.adam_b2 = 0.999
     c.grad_clip = 0.0  # global-norm clipping (0 = off)
-    c.max_loss_ratio = 100.0  # divergence: stop when a loss exceeds this multiple of the lowest so far (0 = off)
+    c.max_loss_ratio = 100.0  # divergence: stop when a loss exceeds this multiple of the recent median (0 = off)
     c.log_every = 10
     c.eval_every = 50
     c.checkpoint_every = 50
@@ -404,7 +404,7 @@ HELP = {
     "adam_b1": "Adam's beta1",
     "adam_b2": "Adam's beta2",
     "grad_clip": "global-norm gradient clipping (0 = off)",
-    "max_loss_ratio": "stop when a step's loss exceeds this multiple of the run's lowest so far (0 = off)",
+    "max_loss_ratio": "stop when a step's loss exceeds this multiple of the median of the last 100 steps' (0 = off)",
     "log_every": "steps between scalar logs (metrics.jsonl, TensorBoard)",
     "eval_every": "steps between validations (each saves a checkpoint)",
     "checkpoint_every": "steps between checkpoints (and at the end, and on SIGINT / SIGTERM)",

@@ -7,6 +7,7 @@ traversal.
 
 from __future__ import annotations
 
+import collections
 from typing import Any, NamedTuple
 
 import jax
@@ -147,6 +148,27 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+class DivergenceWatch:
+    """Stops a run whose loss jumps: a step's loss over `ratio` times the median of the last
+    `window` steps' losses. The median, not the lowest so far: fine-tuning the authors' converged
+    network on batches of two 128 px crops, healthy losses spread from 3.6e-4 to 6.2e-2, and a
+    lowest-so-far test stopped the run at step 197 (0.052 after 3.6e-4 at step 179)."""
+
+    def __init__(self, ratio: float, window: int = 100):
+        self.ratio = ratio
+        self.recent: collections.deque[float] = collections.deque(maxlen=window)
+
+    def reference(self) -> float:
+        return float(np.median(self.recent)) if self.recent else float("inf")
+
+    def diverging(self, loss: float) -> bool:
+        """Whether `loss` counts as diverging against the steps before it; then records it."""
+        bad = bool(self.ratio) and loss > self.ratio * self.reference()
+        if not bad:
+            self.recent.append(loss)
+        return bad
 
 
 def make_radius_monitor(graphdef: nnx.GraphDef, iters: int = 20):

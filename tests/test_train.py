@@ -250,7 +250,7 @@ def test_unwritable_workdir_is_one_line(tiny_config, tmp_path):
 
 
 def test_diverging_loss_stops_the_run(tiny_config, tmp_path):
-    # Any loss over 1e-9 times the lowest so far counts as diverging: the second step stops it.
+    # Any loss over 1e-9 times the recent median counts as diverging: the second step stops it.
     with pytest.raises(train.TrainingError, match=r"^diverging: the loss at step 2 is .* over max_loss_ratio 1e-09"):
         train.train_and_evaluate(tiny_config("max_loss_ratio=1e-9"), tmp_path)
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())

@@ -133,3 +133,17 @@ def test_radius_monitor_estimates_each_block():
     radii = training.make_radius_monitor(graphdef, iters=6)(state.params, _batch()["hazy"], 3)
     assert sorted(radii) == [f"stability/block{i}_radius" for i in (1, 2, 3)]
     assert all(0 < float(r) < 100 for r in radii.values())
+
+
+def test_divergence_watch_uses_the_recent_median_not_one_lucky_batch():
+    # Healthy fine-tuning losses spread over two decades (batch 2): a lowest-so-far test would fire.
+    losses = np.exp(np.random.default_rng(0).uniform(np.log(3e-4), np.log(6e-2), 300))
+    watch = training.DivergenceWatch(100.0, window=50)
+    assert not any(watch.diverging(float(x)) for x in losses)
+    assert losses.max() > 100 * losses.min()
+    ref = watch.reference()
+    assert ref == pytest.approx(np.median(losses[-50:]))
+    assert watch.diverging(101 * ref) and not watch.diverging(99 * ref)
+    assert watch.reference() == pytest.approx(np.median([*losses[-49:], 99 * ref]))  # the jump is not recorded
+    off = training.DivergenceWatch(0.0)
+    assert not off.diverging(1.0) and not off.diverging(1e30)
