@@ -245,11 +245,10 @@ def train_and_evaluate(cfg, workdir: str | Path) -> dict:
                 "then rerun to resume"
             )
         loss = values["loss"]
-        reference = watch.reference()
-        if watch.diverging(loss):
+        if watch.diverging(loss):  # a diverging loss is not recorded: reference() is still the one it failed
             raise TrainingError(
                 f"diverging: the loss at step {step} is {loss:.4g}, over max_loss_ratio {cfg.max_loss_ratio:g} times "
-                f"the median of the last {len(watch.recent)} steps' ({reference:.4g}); the last checkpoint in "
+                f"the median of the last {len(watch.recent)} steps' ({watch.reference():.4g}); the last checkpoint in "
                 f"{mngr.directory} is intact: lower config.lr or set config.grad_clip"
             )
         if step % cfg.log_every == 0 or step == cfg.num_steps:
