@@ -180,9 +180,10 @@ def train_config(variant: str = "official") -> ml_collections.ConfigDict:
     # Theorem 1 while training: every `every` steps log an Arnoldi estimate of each block's
     # spectral radius of eta J_f (0 = never; `iters` Arnoldi steps); `weight` > 0 adds a Jacobian
     # regulariser to the loss (`kind`: "frobenius", a Hutchinson estimate with `samples` random
-    # vectors, or "radius", penalised above `margin`).
+    # vectors, or "radius", penalised above `margin` after `power_iters` power steps), computed on
+    # the first `batch` examples of each batch (0 = all: the term's cost is per example).
     c.stability = ml_collections.ConfigDict(
-        dict(every=50, iters=20, weight=0.0, kind="frobenius", margin=0.9, samples=1)
+        dict(every=50, iters=20, weight=0.0, kind="frobenius", margin=0.9, samples=1, power_iters=8, batch=0)
     )
     return c
 
@@ -419,6 +420,8 @@ HELP = {
     "stability.kind": "frobenius (Hutchinson ||eta J_f||_F^2) | radius (estimated rho above margin)",
     "stability.margin": "the radius regulariser's threshold",
     "stability.samples": "random vectors of the Hutchinson estimate",
+    "stability.power_iters": "power steps of the radius regulariser's estimate (not differentiated)",
+    "stability.batch": "examples of each batch the regulariser sees, the first ones (0 = all)",
 }
 
 CHOICES = {
@@ -453,7 +456,7 @@ BOUNDS = {
     "log_every": (1, True), "eval_every": (1, True), "checkpoint_every": (1, True),
     "keep_checkpoints": (1, True), "image_every": (1, True), "grid_images": (0, True),
     "stability.every": (0, True), "stability.iters": (1, True), "stability.weight": (0, True),
-    "stability.samples": (1, True),
+    "stability.samples": (1, True), "stability.power_iters": (1, True), "stability.batch": (0, True),
 }  # fmt: skip
 
 

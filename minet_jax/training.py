@@ -89,11 +89,18 @@ def _forward(graphdef, params, hazy, stats_slots=None):
 
 
 def _stability_penalty(graphdef, params, block_outputs, key, cfg) -> jax.Array:
-    """Sum over IM-blocks of a Jacobian regulariser of f at the block's output iterate."""
+    """Sum over IM-blocks of a Jacobian regulariser of f at the block's output iterate, on the
+    first `cfg.batch` examples (0 = all). f acts on each example alone (instance norms), so its
+    Jacobian is block-diagonal over the batch: the radius term sees the largest radius among the
+    sub-batch's examples (random crops, so a random sample), the Frobenius term their mean."""
     fields = block_fields(nnx.merge(graphdef, params))
     keys = jax.random.split(key, len(fields))
+    n = int(cfg.get("batch", 0))
     return sum(
-        jacobian_penalty(f, p, g, k, kind=cfg.kind, eta=eta, samples=cfg.samples, margin=cfg.margin)
+        jacobian_penalty(
+            f, p, g[:n] if n else g, k, kind=cfg.kind, eta=eta, samples=cfg.samples, margin=cfg.margin,
+            power_iters=int(cfg.get("power_iters", 8)),
+        )
         for (_, _, f, p, eta), g, k in zip(fields, block_outputs, keys, strict=True)
     )
 

@@ -94,6 +94,26 @@ def test_stability_regulariser_enters_loss_and_gradient(plain):
     assert float(m_a["grad_norm"]) != pytest.approx(float(m_b["grad_norm"]), rel=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["radius", "frobenius"])
+def test_stability_sub_batch_sees_only_its_examples(plain, kind):
+    graphdef, state, _ = plain
+    outs = training._forward(graphdef, state.params, _batch()["hazy"])[1]["block_outputs"]
+    changed = [g.at[1].multiply(3.0) for g in outs]  # the second example only
+    key = jax.random.key(3)
+
+    def pen(block_outputs, **kw):
+        cfg = _cfg(f"stability.kind={kind}", "stability.margin=0.0", *(f"stability.{k}={v}" for k, v in kw.items()))
+        return float(training._stability_penalty(graphdef, state.params, block_outputs, key, cfg.stability))
+
+    # On the first example alone: blind to the second, and the same as a batch of that example.
+    assert pen(outs, batch=1) == pen(changed, batch=1)
+    assert pen(outs, batch=1) == pytest.approx(pen([g[:1] for g in outs]), rel=1e-5)
+    assert pen(outs) != pytest.approx(pen(changed), rel=1e-3)  # the whole batch sees it
+    # The power steps are the estimate's: more of them move the radius estimate.
+    if kind == "radius":
+        assert pen(outs, power_iters=1) != pytest.approx(pen(outs, power_iters=20), rel=1e-4)
+
+
 def test_non_finite_batch_leaves_the_state_and_clears_last_good(plain):
     _, state, step = plain
     bad = _batch()
