@@ -32,7 +32,10 @@ also record the peak of their timed steps alone (`rss_steps_peak_bytes`: the pea
 after compilation, with the heap's free memory handed back first), which is what training holds.
 
 Prints Markdown tables and writes OUTPUT/bench.json (with the machine named) and bench.md.
-Weights are random at the released network's scale: timings do not depend on them.
+Inference weights are random at the released network's scale (a fixed-step forward's time does not
+depend on them). Training rows start from the config's initialisation (`--set init_from=PATH`: a
+checkpoint's weights) on a synthetic batch (`--train-data DIR`: central crops of a paired folder);
+a solve to a tolerance takes as many iterations as weights and batch need, recorded per row.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from minet_jax.checkpoint import initial_params
 from minet_jax.config import ConfigError, apply_overrides, load_config, parse_overrides
 from minet_jax.model import MINet
 from minet_jax.tools.measure import (
@@ -69,6 +73,7 @@ from minet_jax.tools.measure import (
     nominal_peak,
     peak_rss_bytes,
     reset_peak_rss,
+    paired_batch,
     synthetic_batch,
     timed,
 )
@@ -162,18 +167,26 @@ def bench_inference(variant: str, dtype: str, shape: tuple[int, int, int, int], 
 
 
 def bench_training(pair: str, dtype: str, crop: int, batch: int, T: int, repeats: int, peaks: list[dict],
-                   overrides: list | None = None) -> dict:  # fmt: skip
+                   overrides: list | None = None, data_dir: str = "") -> dict:  # fmt: skip
     """One training step of configs/default.py's config for a solver pair: time, memory, FLOPs.
     `overrides` ((key, value) pairs) apply to the training config, e.g. ("stability.weight", 1.0);
-    the step timed is the one whose FLOPs are counted, regulariser included."""
+    the step timed is the one whose FLOPs are counted, regulariser included. The weights are the
+    config's initialisation, or its `init_from`; the batch is synthetic, or central crops of the
+    paired folder `data_dir`. A solve to a tolerance (anderson / fixed_point forward, implicit
+    backward) takes as many iterations as those weights and that batch need: the row records them."""
     forward, backward = pair.split("/")
     cfg = bench_config([*(overrides or []), ("model.solver.forward", forward), ("model.solver.backward", backward),
                         ("model.T", T), ("model.dtype", dtype)])  # fmt: skip
-    data = synthetic_batch(batch, crop)
+    data = paired_batch(data_dir, batch, crop) if data_dir else synthetic_batch(batch, crop)
     params = nnx.state(MINet(cfg.model, rngs=nnx.Rngs(cfg.seed)), nnx.Param)
+    if cfg.init_from:
+        nnx.replace_by_pure_dict(params, initial_params(cfg.model, cfg.init_from))
     step = compile_train_step(cfg, params, data)
     c = cost(step.compiled)
     flops, loop = conv_flops(jax.make_jaxpr(step.step_fn)(step.state, data).jaxpr)
+    # Every timed call runs from the same state on the same batch: the same iterations each time.
+    metrics = jax.device_get(step.compiled(step.state, data)[1])
+    solver = {k: float(v) for k, v in sorted(metrics.items()) if k.startswith("solver/") and "iterations" in k}
     reset = reset_peak_rss()
     first, times = timed(lambda s: step.compiled(s, data), step.state, repeats=repeats)
     steps_peak = peak_rss_bytes() if reset else None
@@ -183,7 +196,8 @@ def bench_training(pair: str, dtype: str, crop: int, batch: int, T: int, repeats
         "batch": batch, "T": T, "repeats": repeats, "compile_s": step.compile_s, "first_run_s": first,
         "median_s": med, "min_s": min(times), "max_s": max(times), "images_per_s": batch / med,
         "conv_flops_per_step": flops, "flops_exact": not loop, "xla_flops_per_step": c["flops"],
-        "rss_steps_peak_bytes": steps_peak, **memory(step.compiled),
+        "rss_steps_peak_bytes": steps_peak, **memory(step.compiled), "solver_iterations": solver,
+        "init_from": cfg.init_from, "data": data_dir or "synthetic",
     }  # fmt: skip
     _roofline(row, flops if not loop else None, med, peaks)
     return row
@@ -205,6 +219,15 @@ def _rss(r: dict) -> str:
     if r.get("rss_peak_bytes") is None:
         return "-"
     return f"{r['rss_peak_bytes'] / 2**20:.0f} ({r['rss_before_bytes'] / 2**20:.0f})"
+
+
+def _iterations(it: dict | None) -> str:
+    """'a/b/c; d/e/f': forward and backward iterations of each block ('-' for older rows)."""
+    if not it:
+        return "-"
+    fwd = "/".join(f"{v:.0f}" for k, v in it.items() if not k.endswith("backward_iterations"))
+    bwd = "/".join(f"{v:.0f}" for k, v in it.items() if k.endswith("backward_iterations"))
+    return f"{fwd or '-'}; {bwd or '-'}"
 
 
 def markdown(report: dict) -> str:
@@ -238,8 +261,9 @@ def markdown(report: dict) -> str:
         lines += [
             "| training step | dtype | crop x batch | T | median s | images/s | GFLOP/step (convs; XLA) | GFLOP/s "
             "| of measured peak "
-            "| XLA MiB | device peak MiB | RSS MiB: peak (before) | RSS MiB: peak of the steps |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| XLA MiB | device peak MiB | RSS MiB: peak (before) | RSS MiB: peak of the steps "
+            "| iterations per block: forward; backward |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in report["training"]:
             fl = f"{_g(r['conv_flops_per_step'], 1e9)}; {_g(r['xla_flops_per_step'], 1e9)}" + (
@@ -250,7 +274,7 @@ def markdown(report: dict) -> str:
                 f"{r['images_per_s']:.3f} | {fl} | {_g(r['achieved_flops_per_s'], 1e9)} | "
                 f"{_g(r['fraction_of_measured_peak'], fmt='{:.1%}')} | {_g(r['xla_peak_bytes'], 2**20, '{:.0f}')} | "
                 f"{_g(r['device_peak_bytes'], 2**20, '{:.0f}')} | {_rss(r)} | "
-                f"{_g(r.get('rss_steps_peak_bytes'), 2**20, '{:.0f}')} |"
+                f"{_g(r.get('rss_steps_peak_bytes'), 2**20, '{:.0f}')} | {_iterations(r.get('solver_iterations'))} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -317,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-crop", type=int, default=None)
     parser.add_argument("--train-batch", type=int, default=None)
     parser.add_argument("--train-repeats", type=int, default=None)
+    parser.add_argument("--train-data", default="",
+                        help="paired folder (hazy/, clear/) whose central crops make the training batch (default: synthetic)")  # fmt: skip
     parser.add_argument("--T", default="8", help="comma-separated IM-block step counts of the training rows, e.g. 8,16")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="training-config override for every row, e.g. --set model.share_sep_impl=xla, "
@@ -348,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         bench_config(overrides)  # refuses unknown keys and wrong types before anything runs
     except ConfigError as e:
         parser.error(str(e))
+    if args.train_data and not (Path(args.train_data) / "hazy").is_dir():
+        parser.error(f"--train-data {args.train_data}: expected a paired folder with hazy/ and clear/")
+    init_from = dict(overrides).get("init_from")
+    if init_from and not Path(init_from).exists():
+        parser.error(f"--set init_from={init_from}: no such file or checkpoint folder")
     report: dict[str, Any] = {"machine": machine(), "args": vars(copy.copy(args))}
     out = Path(args.output) if args.output else None
     if out:
@@ -378,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             for pair in _csv(args.pairs):
                 for dtype in dtypes:
                     row = run_row("training", dict(pair=pair, dtype=dtype, crop=args.train_crop, batch=args.train_batch,
-                                  T=T, repeats=args.train_repeats, peaks=report["peak"], overrides=overrides),
+                                  T=T, repeats=args.train_repeats, peaks=report["peak"], overrides=overrides,
+                                  data_dir=args.train_data),
                                   args.isolate)  # fmt: skip
                     print(f"training {row['name']} {dtype} T={T}: {row['median_s']:.3f} s", flush=True)
                     report["training"].append(row)

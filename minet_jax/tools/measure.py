@@ -211,6 +211,21 @@ def compile_train_step(
 
 
 def synthetic_batch(batch: int, crop: int, seed: int = 0) -> dict[str, jax.Array]:
-    """A fixed hazy/clear batch of the right value range (timings do not depend on the content)."""
+    """A fixed hazy/clear batch of the right value range. A fixed-step solver's time does not depend
+    on the content; a solve to a tolerance's does (use `paired_batch` to time one on real haze)."""
     clear = np.random.default_rng(seed).uniform(0.1, 0.9, (batch, crop, crop, 3)).astype(np.float32)
     return {"hazy": jnp.asarray(0.6 * clear + 0.35), "clear": jnp.asarray(clear)}
+
+
+def paired_batch(folder: str | Path, batch: int, crop: int) -> dict[str, jax.Array]:
+    """`batch` central hazy/clear crops of side `crop` (RGB in [0, 1]) from a paired folder
+    (hazy/, clear/), one per pair spread evenly over it: a fixed batch of real haze."""
+    from minet_jax.datasets import folder_pairs  # noqa: PLC0415
+    from minet_jax.image_io import center_crop, read_rgb  # noqa: PLC0415
+
+    pairs = folder_pairs(Path(folder))
+    picks = [pairs[i] for i in np.linspace(0, len(pairs) - 1, batch).astype(int)]
+    return {
+        key: jnp.asarray(np.stack([center_crop(read_rgb(getattr(p, key)), crop) for p in picks]) / np.float32(255))
+        for key in ("hazy", "clear")
+    }

@@ -286,11 +286,16 @@ def analyze(workdir: Path, overrides: dict, preset: dict, log) -> dict:
 
 def step_bench(workdir: Path, overrides: dict, preset: dict, log) -> dict:
     """The run's training step alone, timed and measured in its own process by
-    `minet_jax.tools.bench` (same model, solver and regulariser; random weights; synthetic batch
-    at the run's crop and batch size): median step time and the resident peak of the steps, which
-    the run's own peak (whole-image validation included) does not isolate. Cached."""
+    `minet_jax.tools.bench` (same model, solver and regulariser, at the run's last checkpoint, on
+    a fixed batch of central crops of its training data at its crop and batch size): median step
+    time, the resident peak of the steps, which the run's own peak (whole-image validation
+    included) does not isolate, and the solver iterations of that step (a solve to a tolerance
+    takes what the trained weights need, not what the initialisation needed). Cached."""
     folder = workdir / "step_bench"
-    if not (folder / "bench.json").is_file():
+    last = json.loads((workdir / "summary.json").read_text())["last_checkpoint"]
+    cached = folder / "bench.json"
+    if not cached.is_file() or json.loads(cached.read_text())["training"][0].get("init_from") != last:
+        # (none yet, or of an earlier checkpoint: the run has trained on since)
         log(f"{workdir}: timing the training step alone")
         pair = f"{overrides['model.solver.forward']}/{overrides['model.solver.backward']}"
         sets = [f"{k}={_value(v)}" for k, v in overrides.items()
@@ -298,14 +303,16 @@ def step_bench(workdir: Path, overrides: dict, preset: dict, log) -> dict:
         cmd = [sys.executable, "-m", "minet_jax.tools.bench", "--sections", "training", "--isolate", "--pairs", pair,
                "--dtypes", overrides.get("model.dtype", "float32"), "--T", str(overrides.get("model.T", 8)),
                "--train-crop", str(preset["crop"]), "--train-batch", str(preset["batch"]),
-               "--train-repeats", str(preset["bench_repeats"]), "--output", str(folder)]  # fmt: skip
+               "--train-repeats", str(preset["bench_repeats"]), "--output", str(folder),
+               "--train-data", str(overrides["data.manual_dir"])]  # fmt: skip
+        sets.append(f"init_from={last}")
         for item in sets:
             cmd += ["--set", item]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
         if res.returncode:
             return {"error": (res.stderr.strip().splitlines() or [""])[-1]}
     row = json.loads((folder / "bench.json").read_text())["training"][0]
-    return {k: row.get(k) for k in ("median_s", "rss_steps_peak_bytes", "xla_peak_bytes")}
+    return {k: row.get(k) for k in ("median_s", "rss_steps_peak_bytes", "xla_peak_bytes", "solver_iterations")}
 
 
 def curves(workdir: Path, batch: int) -> dict:
@@ -356,14 +363,17 @@ def markdown(report: dict) -> str:
         "the solvers with each other, never a SOTS result.",
         "",
         "Step time and memory of the training step alone come from `minet_jax.tools.bench` in a "
-        "process of their own (`step_bench/`); the run's median step (from its log, data loading "
-        "included) and its process's peak (whole-image validation included) are beside them.",
+        "process of their own (`step_bench/`), at the run's last checkpoint on a fixed batch of its training "
+        "crops: the resident peak of the steps (what training holds, the process's runtime and compiled code "
+        "included) and XLA's own estimate of the step's buffers. The run's median step (from its log, data "
+        "loading included) and its process's peak (whole-image validation included) are beside them.",
         "",
         "| track | run | status | val PSNR dB | val SSIM | vs unrolled dB | step s (bench) | vs unrolled "
-        "| step memory MiB (bench) | vs unrolled | median step s (run) | peak RSS MiB (run) "
+        "| step memory MiB (bench) | vs unrolled | step XLA MiB (bench) | vs unrolled | median step s (run) "
+        "| peak RSS MiB (run) "
         "| forward iterations per block, mean (max) | max residual per block "
         "| rho(eta J) per block, whole images (max) | rho, training crops (max) | Theorem 1 on whole images |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for track, runs in report["tracks"].items():
         ref = runs.get("unrolled", {})
@@ -391,6 +401,8 @@ def markdown(report: dict) -> str:
                 f"| {track} | {name} | {r['status']} | {_f(a.get('val_psnr'))} | {_f(a.get('val_ssim'), '{:.4f}')} | "
                 f"{_f(d, '{:+.2f}')} | {_f(sb.get('median_s'), '{:.3f}')} | {_f(ratio('median_s', 'step_bench'), '{:.2f}x')} | "
                 f"{_f(sb_rss and sb_rss / 2**20, '{:.0f}')} | {_f(ratio('rss_steps_peak_bytes', 'step_bench'), '{:.2f}x')} | "
+                f"{_f(sb.get('xla_peak_bytes') and sb['xla_peak_bytes'] / 2**20, '{:.0f}')} | "
+                f"{_f(ratio('xla_peak_bytes', 'step_bench'), '{:.2f}x')} | "
                 f"{_f(r.get('median_step_s'), '{:.3f}')} | {_f(rss and rss / 2**20, '{:.0f}')} | {its} | "
                 f"{_triple(fw.get('residual_max'), '{:.1e}')} | {_triple(a.get('rho_whole_max'), '{:.3f}')} | "
                 f"{_triple(a.get('rho_crop_max'), '{:.3f}')} | "

@@ -85,3 +85,38 @@ def test_overrides_are_rooted_at_the_training_config():
     assert bench.bench_config().model.input_format == "rgb01"  # configs/default.py's model
     with pytest.raises(SystemExit):
         bench.main(["--sections", "peak", "--set", "stability.wieght=1"])
+
+
+@pytest.mark.filterwarnings("ignore:implicit backward")  # the random 4-channel start is no contraction
+def test_training_row_times_a_checkpoint_on_real_crops(tmp_path):
+    """A solve to a tolerance takes what the weights and the batch need, so the row can start from
+    a checkpoint (`init_from`) on a paired folder's crops, and records the iterations: with every
+    IM-block's field zeroed, f = 0 and Anderson stops after one evaluation, where the initialised
+    network needs more."""
+    from flax import nnx
+
+    from minet_jax.checkpoint import build_model, save_model
+    from minet_jax.image_io import write_png
+
+    rng = np.random.default_rng(0)
+    for sub in ("hazy", "clear"):
+        (tmp_path / "pairs" / sub).mkdir(parents=True)
+        for name in ("a", "b"):
+            write_png(tmp_path / "pairs" / sub / f"{name}.png", rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    base = [("model.channels", 4), ("model.solver.tol", 1e-4), ("model.solver.max_iter", 12),
+            ("model.solver.backward_tol", 1e-4)]  # fmt: skip
+    model = build_model(bench.bench_config(base).model)
+    for block in model.blocks:
+        nnx.update(block.f, jax.tree.map(np.zeros_like, nnx.state(block.f, nnx.Param)))
+    ckpt = save_model(model, tmp_path / "zero_fields")
+    kw = dict(pair="anderson/implicit", dtype="float32", crop=16, batch=2, T=8, repeats=1, peaks=[],
+              data_dir=str(tmp_path / "pairs"))  # fmt: skip
+    start = bench.bench_training(**kw, overrides=base)
+    zero = bench.bench_training(**kw, overrides=[*base, ("init_from", str(ckpt))])
+    assert zero["init_from"] == str(ckpt) and zero["data"] == str(tmp_path / "pairs")
+    assert [zero["solver_iterations"][f"solver/block{i}_iterations"] for i in (1, 2, 3)] == [1, 1, 1]
+    assert min(start["solver_iterations"][f"solver/block{i}_iterations"] for i in (1, 2, 3)) > 1
+    md = bench.markdown({"machine": measure.machine(), "peak": [], "training": [zero]})
+    assert "| 1/1/1; " in md
+    with pytest.raises(SystemExit):
+        bench.main(["--sections", "training", "--train-data", str(tmp_path / "nothing")])

@@ -41,6 +41,11 @@ def test_tiny_study_trains_analyses_and_resumes(tmp_path, tiny_data):
     assert r["step_bench"]["median_s"] > 0 and r["step_bench"]["rss_steps_peak_bytes"] > 100 * 2**20
     bench = json.loads((workdir / "step_bench" / "bench.json").read_text())["training"][0]
     assert (bench["pair"], bench["crop"], bench["batch"], bench["T"]) == ("anderson/implicit", 16, 2, 2)
+    # timed at the run's own weights on its own training data, with the iterations that took
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert bench["init_from"] == summary["last_checkpoint"] and bench["data"] == str(tiny_data[0] / "train")
+    assert r["step_bench"]["solver_iterations"] == bench["solver_iterations"]
+    assert len(bench["solver_iterations"]) == 6
     assert len(a["rho_whole_max"]) == len(a["rho_crop_max"]) == 3
     assert a["theorem1_holds_whole"] == (max(a["rho_whole_max"]) < 1)
     assert r["curves"]["step"] == [1, 2] and len(r["curves"]["val_psnr"]) == 2
