@@ -11,15 +11,18 @@ Stability: the "radius" regulariser, weight 1, on each block's estimated rho(eta
 so that the fixed point stays an attracting one (Theorem 1) as the weights move. The margin is
 well under 1 because the term sees training crops and rho is larger on whole images: with a
 margin of 0.9 the third block reached rho 0.67 on 64 px crops (the term never acted) but 1.035 on
-whole validation images, where its forward then stopped at the 30-evaluation cap.
+whole validation images, where its forward then stopped at the 30-evaluation cap. The term is
+estimated on the first example of each batch with 4 power steps (`stability.batch`,
+`stability.power_iters`): on all 8 examples with 8 steps it made the step 1.30x the unrolled one's
+(1.57 vs 1.21 s at the trained checkpoint, 8 x 64 px), on one with 4 steps 0.84-0.88x.
 
-What it reaches (the solver study's scratch track, `python -m minet_jax.tools.solver_study
+What the whole-batch term reached (the solver study's scratch track, `python -m minet_jax.tools.solver_study
 --preset cpu --tracks scratch --runs deq`, 400 steps of 8 x 64 px crops of real haze, 2-core CPU,
 2026-12-07): 17.84 dB / SSIM 0.810 on all 80 sots-indoor-val images (the unrolled T = 8 run of
 the same budget: 18.12 dB), every block converged to 1e-3 on every whole 620x460 validation image
 (Anderson iterations mean 4.0 / 4.7 / 6.4, at most 4 / 5 / 8), rho(eta J_f) on whole images at
-most 0.28 / 0.34 / 0.69: Theorem 1 holds. Its step costs more than the unrolled one (the
-regulariser's Arnoldi estimate and Anderson's history): benchmarks/results/solver_study_cpu_partial.
+most 0.28 / 0.34 / 0.69: Theorem 1 holds (benchmarks/results/solver_study_cpu_partial). With the
+one-example term the same run is being repeated (2026-12-07).
 The study trains it as its `deq` run (and without the term as `deq_no_stability`).
 """
 
@@ -32,4 +35,5 @@ def get_config():
     s.forward, s.tol, s.max_iter, s.anderson_m = "anderson", 1e-3, 30, 5
     s.backward, s.backward_solver, s.backward_tol, s.backward_max_iter = "implicit", "anderson", 1e-2, 30
     c.stability.weight, c.stability.kind, c.stability.margin = 1.0, "radius", 0.6
+    c.stability.batch, c.stability.power_iters = 1, 4
     return c
