@@ -138,7 +138,8 @@ def solver_overrides(run: str) -> dict[str, Any]:
         if spec.get("deq"):
             out["stability.weight"] = 0.0
             if spec["stability"]:
-                out.update({f"stability.{k}": deq.stability[k] for k in ("weight", "kind", "margin", "samples")})
+                # Every regulariser setting; the Arnoldi monitor (every, iters) is the study's own.
+                out.update({f"stability.{k}": deq.stability[k] for k in deq.stability if k not in ("every", "iters")})
     return out
 
 

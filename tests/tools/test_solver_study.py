@@ -92,6 +92,9 @@ def test_every_run_config_is_valid_and_has_its_solver(track, run, tmp_path):
             "deq": (deq.model.solver.forward, "implicit"), "deq_no_stability": (deq.model.solver.forward, "implicit")}  # fmt: skip
     assert (cfg.model.solver.forward, cfg.model.solver.backward) == want[run]
     assert cfg.stability.weight == (deq.stability.weight if run == "deq" else 0.0)
+    if run == "deq":  # the recipe's whole regulariser, not only its weight
+        for k in set(deq.stability) - {"every", "iters"}:
+            assert cfg.stability[k] == deq.stability[k], k
     assert cfg.data.fresh_haze is False and cfg.data.name == "paired"  # real haze, never synthesised
     assert (cfg.init_from == str(tmp_path / "w.pth")) == (track == "finetune")
     assert cfg.model.input_format == ("bgr255" if track == "finetune" else "rgb01")
