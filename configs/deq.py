@@ -13,16 +13,17 @@ well under 1 because the term sees training crops and rho is larger on whole ima
 margin of 0.9 the third block reached rho 0.67 on 64 px crops (the term never acted) but 1.035 on
 whole validation images, where its forward then stopped at the 30-evaluation cap. The term is
 estimated on the first example of each batch with 4 power steps (`stability.batch`,
-`stability.power_iters`): on all 8 examples with 8 steps it made the step 1.30x the unrolled one's
-(1.57 vs 1.21 s at the trained checkpoint, 8 x 64 px), on one with 4 steps 0.84-0.88x.
+`stability.power_iters`): on all 8 examples with 8 steps it made the step 1.30x the unrolled one's.
 
-What the whole-batch term reached (the solver study's scratch track, `python -m minet_jax.tools.solver_study
+What it reaches (the solver study's scratch track, `python -m minet_jax.tools.solver_study
 --preset cpu --tracks scratch --runs deq`, 400 steps of 8 x 64 px crops of real haze, 2-core CPU,
-2026-12-07): 17.84 dB / SSIM 0.810 on all 80 sots-indoor-val images (the unrolled T = 8 run of
-the same budget: 18.12 dB), every block converged to 1e-3 on every whole 620x460 validation image
-(Anderson iterations mean 4.0 / 4.7 / 6.4, at most 4 / 5 / 8), rho(eta J_f) on whole images at
-most 0.28 / 0.34 / 0.69: Theorem 1 holds (benchmarks/results/solver_study_cpu_partial). With the
-one-example term the same run is being repeated (2026-12-07).
+2026-12-07, one seed): 18.08 dB / SSIM 0.810 on all 80 sots-indoor-val images (the unrolled T = 8
+run of the same budget: 18.12 dB), every block converged to 1e-3 on every whole 620x460
+validation image in at most 5 Anderson iterations, rho(eta J_f) on whole images at most
+0.39 / 0.68 / 0.51: Theorem 1 holds. Its training step at the final checkpoint took 0.82-0.86x
+the unrolled one's time, 0.87x its resident peak and 0.66x its XLA buffers
+(benchmarks/results/solver_study_cpu_partial/scratch_deq_sub1). With the term on all 8 examples
+the same run reached 17.84 dB, also converged everywhere (scratch_deq_margin0.6).
 The study trains it as its `deq` run (and without the term as `deq_no_stability`).
 """
 
