@@ -28,15 +28,9 @@ SHARED = ROOT.parent / "shared"
 
 def crops(folder: Path, n: int, size: int) -> dict[str, np.ndarray]:
     """`n` central hazy/clear crops of side `size`, one per pair spread evenly over the folder."""
-    from minet_jax.datasets import folder_pairs
-    from minet_jax.image_io import center_crop, read_rgb
+    from minet_jax.tools.measure import paired_batch
 
-    pairs = folder_pairs(folder)
-    picks = [pairs[i] for i in np.linspace(0, len(pairs) - 1, n).astype(int)]
-    return {
-        key: np.stack([center_crop(read_rgb(getattr(p, key)), size) for p in picks]).astype(np.float32) / 255.0
-        for key in ("hazy", "clear")
-    }
+    return {k: np.asarray(v, np.float32) for k, v in paired_batch(folder, n, size).items()}
 
 
 def gradient(model_cfg, params, batch, solver: dict):
