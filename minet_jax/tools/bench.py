@@ -71,9 +71,9 @@ from minet_jax.tools.measure import (
     machine,
     memory,
     nominal_peak,
+    paired_batch,
     peak_rss_bytes,
     reset_peak_rss,
-    paired_batch,
     synthetic_batch,
     timed,
 )

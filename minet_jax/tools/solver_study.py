@@ -294,19 +294,21 @@ def step_bench(workdir: Path, overrides: dict, preset: dict, log) -> dict:
     takes what the trained weights need, not what the initialisation needed). Cached."""
     folder = workdir / "step_bench"
     last = json.loads((workdir / "summary.json").read_text())["last_checkpoint"]
+    pair = f"{overrides['model.solver.forward']}/{overrides['model.solver.backward']}"
+    sets = [f"{k}={_value(v)}" for k, v in overrides.items()
+            if k.startswith(("model.", "stability.")) and k not in ("model.T", "model.dtype")]  # fmt: skip
+    sets.append(f"init_from={last}")
+    data = str(overrides["data.manual_dir"])
     cached = folder / "bench.json"
-    if not cached.is_file() or json.loads(cached.read_text())["training"][0].get("init_from") != last:
-        # (none yet, or of an earlier checkpoint: the run has trained on since)
+    # Cached per command: a bench of an earlier checkpoint (the run has trained on since) or of
+    # other settings is done again.
+    args = json.loads(cached.read_text())["args"] if cached.is_file() else {}
+    if args.get("set") != sets or args.get("train_data") != data or args.get("pairs") != pair:
         log(f"{workdir}: timing the training step alone")
-        pair = f"{overrides['model.solver.forward']}/{overrides['model.solver.backward']}"
-        sets = [f"{k}={_value(v)}" for k, v in overrides.items()
-                if k.startswith(("model.", "stability.")) and k not in ("model.T", "model.dtype")]  # fmt: skip
         cmd = [sys.executable, "-m", "minet_jax.tools.bench", "--sections", "training", "--isolate", "--pairs", pair,
                "--dtypes", overrides.get("model.dtype", "float32"), "--T", str(overrides.get("model.T", 8)),
                "--train-crop", str(preset["crop"]), "--train-batch", str(preset["batch"]),
-               "--train-repeats", str(preset["bench_repeats"]), "--output", str(folder),
-               "--train-data", str(overrides["data.manual_dir"])]  # fmt: skip
-        sets.append(f"init_from={last}")
+               "--train-repeats", str(preset["bench_repeats"]), "--output", str(folder), "--train-data", data]  # fmt: skip
         for item in sets:
             cmd += ["--set", item]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)

@@ -46,6 +46,12 @@ def test_tiny_study_trains_analyses_and_resumes(tmp_path, tiny_data):
     assert bench["init_from"] == summary["last_checkpoint"] and bench["data"] == str(tiny_data[0] / "train")
     assert r["step_bench"]["solver_iterations"] == bench["solver_iterations"]
     assert len(bench["solver_iterations"]) == 6
+    # Cached per command: the same run's bench again is read back, not rerun.
+    synth, _ = tiny_data
+    budget = solver_study.track_preset(solver_study.PRESETS["tiny"], "scratch")
+    o = solver_study.run_overrides("scratch", "deq", budget, synth / "train", synth / "val", tmp_path / "w.pth")
+    logged = []
+    assert solver_study.step_bench(workdir, o, budget, logged.append) == r["step_bench"] and logged == []
     assert len(a["rho_whole_max"]) == len(a["rho_crop_max"]) == 3
     assert a["theorem1_holds_whole"] == (max(a["rho_whole_max"]) < 1)
     assert r["curves"]["step"] == [1, 2] and len(r["curves"]["val_psnr"]) == 2
