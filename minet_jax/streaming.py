@@ -10,10 +10,12 @@ LeVeque's pairwise update) into the whole image's mean and biased variance, whic
 applies. The accelerator holds one tile (and its halo) at a time; the maps live in numpy arrays,
 or in memory-mapped files under `spill` whose pages are handed back after every row of tiles.
 
-Each stage compiles once: edge tiles are zero-padded to the full tile shape, with a mask that
-zeroes every position outside the image before a convolution (its zero padding) and keeps them
-out of the statistics. Convolutions are the model's own modules applied to the window and
-cropped to the tile, so dtype and precision are those of whole-image inference.
+Each stage compiles once: edge tiles are zero-padded to the full tile shape. A window holds
+zeros outside the image, which is a convolution's zero padding as it stands; where a pointwise
+map (a norm, a ShareSepConv) makes them non-zero, a mask zeroes them again, and a mask keeps
+them out of the statistics. Convolutions are the model's own modules applied to the window, so
+dtype and precision are those of whole-image inference; the tile is cropped from the output as
+it is copied into its map (a crop inside the compiled function was one more pass over it).
 
 Only fixed step counts can be streamed: the IM-blocks' `unrolled` forward. A fixed_point or
 anderson forward stops on a residual of the whole image; it is refused here, not approximated
@@ -129,10 +131,9 @@ def _k_conv(parts, spec, windows, mask, consts):
     """conv(pre(prefix(x))): prefix is the input itself, or relu(norm(x)); pre an optional
     ShareSepConv. parts = (norm, pre, conv)."""
     norm, pre, conv = parts
-    (x,) = windows
+    (x,) = windows  # zero outside the image: masked again only where a norm made it non-zero
     if norm is not None:
-        x = jax.nn.relu(_norm(norm, x, consts["stats"]))
-    x = x * mask
+        x = jax.nn.relu(_norm(norm, x, consts["stats"])) * mask
     if pre is not None:
         x = pre(x) * mask
     return [conv(x)]
@@ -142,7 +143,7 @@ def _k_conv1_conv2(parts, spec, windows, mask, consts):
     """conv2(relu(norm1(conv1(x)))): conv1 (3 -> C) recomputed rather than stored."""
     conv1, norm1, conv2 = parts
     (x,) = windows
-    y = jax.nn.relu(_norm(norm1, conv1(x * mask), consts["stats"])) * mask
+    y = jax.nn.relu(_norm(norm1, conv1(x), consts["stats"])) * mask
     return [conv2(y)]
 
 
@@ -150,11 +151,10 @@ def _k_im_step(parts, spec, windows, mask, consts):
     """conv1(S(g)) of one IM-block step, g = g0 + eta f from the previous step's conv2 output.
     parts = (norm2, pre_conv1, conv1); spec = (eta,)."""
     norm2, pre, conv1 = parts
-    g = windows[0]
+    x = windows[0]
     if len(windows) == 2:
-        f = jax.nn.relu(_norm(norm2, windows[1], consts["stats"]))
-        g = g + spec[0] * f.astype(g.dtype)
-    x = g * mask
+        f = jax.nn.relu(_norm(norm2, windows[1], consts["stats"])) * mask
+        x = x + spec[0] * f.astype(x.dtype)
     if pre is not None:
         x = pre(x) * mask
     return [conv1(x)]
@@ -185,7 +185,7 @@ def _k_mlf(parts, spec, windows, mask, consts):
     """The MLF fusion sum_i out_i * gate_i; with the paper's RCA also its 1x1 conv, whose
     spatial mean the attention needs. parts = (gate, rca)."""
     gate, rca = parts
-    outs = [w * mask for w in windows]
+    outs = windows
     gates = gate(jnp.concatenate(outs, axis=-1))
     y = sum(outs[i] * gates[..., i : i + 1] for i in range(3))
     if rca is None:
@@ -200,7 +200,7 @@ def _k_up(parts, spec, windows, mask, consts):
     if rca is not None:
         v = rca.fc2(jax.nn.relu(rca.fc1(consts["mean"])))
         y = y + y * jax.nn.sigmoid(v).astype(y.dtype)
-    return [deconv3(y * mask)]
+    return [deconv3(y)]  # y + y * s is zero where y is
 
 
 def _k_decode(parts, spec, windows, mask, consts):
@@ -222,20 +222,31 @@ _KINDS: dict[str, Callable] = {
 
 @partial(jax.jit, static_argnames=("graphdef", "kind", "spec", "crop", "keep", "moments"))
 def _tile(graphdef, state, windows, mask, out_mask, consts, *, kind, spec, crop, keep, moments):
-    """One stage on one window: the outputs cropped to the tile (those in `keep`) and, for those in
-    `moments`, the tile's count, per-channel mean and M2 over the in-image positions."""
+    """One stage on one window: the outputs over the window (those in `keep`; the caller crops
+    them to the tile) and, for those in `moments`, the tile's count, per-channel mean and M2 over
+    its in-image positions."""
     parts = nnx.merge(graphdef, state)
-    outs = _KINDS[kind](parts, spec, [w[None] for w in windows], mask[None], consts)
+    outs = [o[0] for o in _KINDS[kind](parts, spec, [w[None] for w in windows], mask[None], consts)]
+    return [outs[i] for i in keep], [_moments(outs[i].astype(jnp.float32), crop, out_mask) for i in moments]
+
+
+def _moments(x: Array, crop: tuple[int, int, int, int], out_mask: Array | None) -> tuple[Array, Array, Array]:
+    """Count, per-channel mean and M2 of x[r0:r0+th, c0:c0+tw] (where `out_mask`, if given).
+
+    A tile wholly inside the image (no mask) takes sums over all of x less those over the ring
+    outside the crop: XLA's CPU backend copies a cropped or masked map before reducing it, which
+    made the statistics cost ~40% of a stage's convolution; the ring is a few pixels wide."""
     r0, c0, th, tw = crop
-    outs = [o[0, r0 : r0 + th, c0 : c0 + tw] for o in outs]
-    stats = []
-    for i in moments:
-        x = outs[i].astype(jnp.float32)
+    if out_mask is not None:
+        t = x[r0 : r0 + th, c0 : c0 + tw]
         n = jnp.sum(out_mask)
-        mean = jnp.sum(x * out_mask, axis=(0, 1)) / n
-        m2 = jnp.sum(jnp.square((x - mean) * out_mask), axis=(0, 1))
-        stats.append((n, mean, m2))
-    return [outs[i] for i in keep], stats
+        mean = jnp.sum(t * out_mask, axis=(0, 1)) / n
+        return n, mean, jnp.sum(jnp.square((t - mean) * out_mask), axis=(0, 1))
+    ring = [x[:r0], x[r0 + th :], x[r0 : r0 + th, :c0], x[r0 : r0 + th, c0 + tw :]]
+    ring = [p for p in ring if p.size]
+    mean = (jnp.sum(x, axis=(0, 1)) - sum(jnp.sum(p, axis=(0, 1)) for p in ring)) / (th * tw)
+    m2 = jnp.sum(jnp.square(x - mean), axis=(0, 1)) - sum(jnp.sum(jnp.square(p - mean), axis=(0, 1)) for p in ring)
+    return jnp.float32(th * tw), mean, m2
 
 
 # --- the stage runner ---
@@ -246,16 +257,22 @@ def _starts(size: int, tile: int) -> Iterator[int]:
 
 
 def _window(m: np.ndarray, r0: int, c0: int, out: np.ndarray, mask: np.ndarray) -> None:
-    """Fill `out` with m[r0:, c0:] (zeros outside m) and `mask` with where it lies inside m."""
+    """Fill `out` with m[r0:, c0:] (zeros outside m) and `mask` with where it lies inside m.
+    Only the strips outside m are zeroed: a full fill was one more pass over every window."""
     h, w = m.shape[:2]
     rows, cols = out.shape[:2]
-    a, b = max(r0, 0), min(r0 + rows, h)
-    e, f = max(c0, 0), min(c0 + cols, w)
-    out.fill(0.0)
-    mask.fill(0.0)
-    if a < b and e < f:
-        out[a - r0 : b - r0, e - c0 : f - c0] = m[a:b, e:f]
-        mask[a - r0 : b - r0, e - c0 : f - c0] = 1.0
+    a, b = min(max(r0, 0), r0 + rows), max(min(r0 + rows, h), r0)
+    e, f = min(max(c0, 0), c0 + cols), max(min(c0 + cols, w), c0)
+    if a >= b or e >= f:
+        out.fill(0.0)
+        mask.fill(0.0)
+        return
+    for buf, inside in ((out, m[a:b, e:f]), (mask, 1.0)):
+        buf[: a - r0] = 0.0
+        buf[b - r0 :] = 0.0
+        buf[a - r0 : b - r0, : e - c0] = 0.0
+        buf[a - r0 : b - r0, f - c0 :] = 0.0
+        buf[a - r0 : b - r0, e - c0 : f - c0] = inside
 
 
 def _split(size: int, tile: int) -> int:
@@ -267,6 +284,15 @@ def _split(size: int, tile: int) -> int:
     return min(size, length + length % 2)
 
 
+def _aligned(shape: tuple) -> np.ndarray:
+    """Zeros, 64-byte aligned: JAX's CPU client then reads the array in place instead of copying
+    it at every call (numpy's own alignment is 16 bytes)."""
+    size = int(np.prod(shape)) * 4
+    raw = np.zeros(size + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start : start + size].view(np.float32).reshape(shape)
+
+
 class _Runner:
     def __init__(self, tile: int, maps: Maps, full: tuple[int, int]):
         self.tile, self.maps, self.full = tile, maps, full
@@ -275,7 +301,7 @@ class _Runner:
     def _buffer(self, shape: tuple, slot: int) -> np.ndarray:
         key = (shape, slot)
         if key not in self._buffers:
-            self._buffers[key] = np.zeros(shape, np.float32)
+            self._buffers[key] = _aligned(shape)
         return self._buffers[key]
 
     def stage(
@@ -316,11 +342,11 @@ class _Runner:
                 out_mask.fill(0.0)
                 out_mask[:vr, :vc] = 1.0
                 outs, stats = _tile(
-                    graphdef, state, wins, mask, out_mask, consts,
+                    graphdef, state, wins, mask, None if (vr, vc) == (th, tw) else out_mask, consts,
                     kind=kind, spec=spec, crop=crop, keep=store, moments=moments,
                 )  # fmt: skip
                 for dst, o in zip(results, outs):
-                    dst[r : r + vr, c : c + vc] = np.asarray(o)[:vr, :vc]
+                    dst[r : r + vr, c : c + vc] = np.asarray(o)[crop[0] : crop[0] + vr, crop[1] : crop[1] + vc]
                 for a, (n, mean, m2) in zip(acc, stats):
                     a.add(float(n), np.asarray(mean), np.asarray(m2))
             Maps.release(*results, *inputs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -92,6 +93,28 @@ def test_chan_merge_matches_numpy_in_float64():
     mean, var = acc.stats()
     np.testing.assert_allclose(mean, x.mean(0), rtol=1e-6)
     np.testing.assert_allclose(var, x.var(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_tile_moments_match_numpy_in_float64(masked):
+    """A tile's statistics over its crop of a window-sized output: by the ring subtraction (a full
+    tile) and by the mask (an edge tile), against numpy in float64 on the same float32 values."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(2.0, 3.0, (41, 37, 5)).astype(np.float32)
+    crop = (3, 2, 34, 32)  # rows 3..36, columns 2..33: a ring on every side
+    r0, c0, th, tw = crop
+    mask = np.zeros((th, tw, 1), np.float32)
+    mask[: th - 5, : tw - 7] = 1.0
+    n, mean, m2 = streaming._moments(jnp.asarray(x), crop, jnp.asarray(mask) if masked else None)
+    t = x[r0 : r0 + th, c0 : c0 + tw].astype(np.float64)
+    t = t[: th - 5, : tw - 7] if masked else t
+    t = t.reshape(-1, 5)
+    ref_mean, ref_m2 = t.mean(0), ((t - t.mean(0)) ** 2).sum(0)
+    assert float(n) == len(t)
+    # float32 sums of ~1e3 terms: relative error ~1e-7 * sqrt(terms) each, and the ring
+    # subtraction adds one rounding of the window's sum (mean ~2, std 3: no cancellation to speak of)
+    np.testing.assert_allclose(mean, ref_mean, rtol=0, atol=1e-5 * float(np.abs(t).max()))
+    np.testing.assert_allclose(m2, ref_m2, rtol=1e-5)
 
 
 def test_what_cannot_be_streamed_is_refused():
