@@ -13,6 +13,11 @@ folder holding anything else). One photo, dehazed beside itself: ``python -m min
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before JAX is imported: see minet_jax/host.py
+    from minet_jax.host import with_huge_pages
+
+    with_huge_pages()
+
 import argparse
 import csv
 import json

@@ -28,6 +28,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+if __name__ == "__main__":  # before JAX is imported (the children inherit it): see minet_jax/host.py
+    from minet_jax.host import with_huge_pages
+
+    with_huge_pages()
+
 
 def parse_mode(spec: str) -> dict:
     parts = spec.split(":")

@@ -11,6 +11,11 @@ checkpoint (a training step folder, or a workdir's `checkpoints/`, then its newe
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before JAX is imported: see minet_jax/host.py
+    from minet_jax.host import with_huge_pages
+
+    with_huge_pages()
+
 import argparse
 import sys
 import time
