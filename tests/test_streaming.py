@@ -59,6 +59,24 @@ def test_spilled_maps_give_the_same_output_and_leave_no_files(tmp_path):
     assert list((tmp_path / "spill").iterdir()) == []
 
 
+def test_file_map_reads_and_writes_sub_rectangles(tmp_path):
+    """FileMap's pwrite / preadv of row segments against the same writes to a numpy array."""
+    rng = np.random.default_rng(2)
+    ref = np.zeros((13, 11, 3), np.float32)
+    fm = streaming.FileMap(tmp_path / "m.f32", ref.shape)
+    for r, c, h, w in ((0, 0, 5, 4), (5, 4, 8, 7), (0, 4, 5, 7), (5, 0, 8, 4)):
+        block = rng.normal(size=(h, w + 2, 3)).astype(np.float32)[:, 1 : w + 1]  # a strided view, as a crop
+        fm.write(r, c, block)
+        ref[r : r + h, c : c + w] = block
+    out = np.full((6, 9, 3), np.nan, np.float32)
+    fm.read(4, 1, out[1:, 2:7])  # a window's sub-rectangle: its rows are contiguous, the block not
+    np.testing.assert_array_equal(out[1:, 2:7], ref[4:9, 1:6])
+    assert np.isnan(out[0]).all() and np.isnan(out[:, :2]).all() and np.isnan(out[:, 7:]).all()
+    np.testing.assert_array_equal(fm.to_array(), ref)
+    fm.close()
+    assert not (tmp_path / "m.f32").exists()
+
+
 def test_the_device_sees_one_tile_at_a_time(monkeypatch):
     """Every array handed to the compiled stage is a tile plus its halo, never the image."""
     m = _small("official", T=1)
