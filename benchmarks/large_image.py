@@ -7,7 +7,7 @@ tilings), each mode in its own process: seconds, peak resident memory, differenc
 
 The image is resized (bicubic) to each of `--sizes` (HxW). Modes: `whole` (one forward over the
 whole image), `exact:S` (minet_jax/streaming.py over S x S tiles, feature maps in RAM),
-`exact:S:spill` (feature maps in memory-mapped files under OUTPUT/spill),
+`exact:S:spill` (feature maps in files under OUTPUT/spill),
 `approx-tile-stats:S:P` and `approx-image-stats:S:P[:N]` (overlapping tiles blended; see
 `dehaze`). `--skip-whole-above MPIX` skips `whole` where it cannot fit (it needs ~1.5 GiB per
 megapixel on the CPU). Outputs are compared with `whole` of the same size, or else with the
