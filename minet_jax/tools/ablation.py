@@ -16,8 +16,11 @@ inference time of one whole validation image per T. A sweep run whose config equ
 (T = 12 and `im`) is that column's run, trained once.
 
 Each run is `python train.py` in OUTPUT/runs/<name> (resumable: rerun the same command), then
-analysed once (analysis.json): PSNR / SSIM on every validation image, parameter count, and the
-median of `infer_repeats` forwards of one whole validation image in this process. Writes
+analysed once (analysis.json): PSNR / SSIM on every validation image and the parameter count.
+Inference is timed at the end, for every finished run in one process, repetitions alternated
+between the runs (OUTPUT/inference.json): one whole validation image, median of `infer_repeats`,
+so that the times compare with each other whatever else the machine did while the runs trained
+and were validated; a new or further-trained run has them all timed again. Writes
 OUTPUT/ablation.json, .md (beside the paper's SOTS numbers, and which of the paper's orderings
 hold here) and .png (Fig. 8: PSNR and inference time against T; Table 2's columns).
 
@@ -109,8 +112,8 @@ def plan(columns: list[str], sweep: list[int], preset: dict, train_data: Path, v
 
 
 def analyze(workdir: Path, overrides: dict, preset: dict, log) -> dict:
-    """Validation on every image, the parameter count and the inference time of one whole
-    validation image, for the run's last checkpoint; cached in analysis.json."""
+    """Validation on every image and the parameter count, for the run's last checkpoint; cached
+    in analysis.json."""
     summary = json.loads((workdir / "summary.json").read_text())
     cached = workdir / "analysis.json"
     if cached.is_file() and (old := json.loads(cached.read_text())).get("step") == summary["steps"]:
@@ -129,20 +132,47 @@ def analyze(workdir: Path, overrides: dict, preset: dict, log) -> dict:
     images = input_pipeline.val_images(cfg.data)
     log(f"{workdir}: validating on {len(images)} images")
     graphdef, state = nnx.split(model, nnx.Param)
-    predict = training.make_predict(graphdef)
-    val, _ = training.validate(predict, state, images)
-    x = jax.numpy.asarray(images[0]["hazy"][None])
-    jax.block_until_ready(predict(state, x))  # compiled (validation may have compiled other shapes)
-    times = []
-    for _ in range(int(preset["infer_repeats"])):
-        t0 = time.perf_counter()
-        jax.block_until_ready(predict(state, x))
-        times.append(time.perf_counter() - t0)
+    val, _ = training.validate(training.make_predict(graphdef), state, images)
     result = {
         "step": summary["steps"], "val_psnr": val["val_psnr"], "val_ssim": val["val_ssim"],
         "val_images": len(images), "input": training.input_quality(images), "params": count_params(model),
-        "infer_s": statistics.median(times), "infer_shape": list(x.shape[1:3]),
     }  # fmt: skip
+    cached.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def time_inference(out: Path, checkpoints: dict[str, str], overrides: dict, preset: dict, log) -> dict:
+    """{run: seconds}: one forward of the first validation image by each run's checkpoint, all in
+    this process, `infer_repeats` rounds with the runs alternated, medians. Cached in
+    OUTPUT/inference.json for exactly these checkpoints. `overrides`: any run's (for its data)."""
+    cached = out / "inference.json"
+    if cached.is_file() and (old := json.loads(cached.read_text())).get("checkpoints") == checkpoints:
+        return old
+    import jax  # noqa: PLC0415
+    from flax import nnx  # noqa: PLC0415
+
+    from minet_jax import input_pipeline, training  # noqa: PLC0415
+    from minet_jax.checkpoint import load_checkpoint_model  # noqa: PLC0415
+    from minet_jax.config import apply_overrides, load_config  # noqa: PLC0415
+
+    data = apply_overrides(load_config("default"), list(overrides.items())).data
+    data.val_limit = 1
+    x = jax.numpy.asarray(input_pipeline.val_images(data)[0]["hazy"][None])
+    log(f"timing inference of {len(checkpoints)} runs on one {x.shape[1]}x{x.shape[2]} image, alternated")
+    fns = {}
+    for name, ckpt in checkpoints.items():
+        graphdef, state = nnx.split(load_checkpoint_model(ckpt), nnx.Param)
+        predict = training.make_predict(graphdef)
+        jax.block_until_ready(predict(state, x))  # compiled
+        fns[name] = (predict, state)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(int(preset["infer_repeats"])):
+        for name, (predict, state) in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(predict(state, x))
+            times[name].append(time.perf_counter() - t0)
+    result = {"checkpoints": checkpoints, "shape": list(x.shape[1:3]), "repeats": int(preset["infer_repeats"]),
+              "seconds": {name: statistics.median(t) for name, t in times.items()}}  # fmt: skip
     cached.write_text(json.dumps(result, indent=1))
     return result
 
@@ -167,6 +197,10 @@ def orderings(report: dict) -> list[dict[str, Any]]:
     return out
 
 
+def _infer_s(report: dict, run: str) -> float | None:
+    return (report.get("inference") or {}).get("seconds", {}).get(run)
+
+
 def sweep_curve(report: dict) -> dict[str, list]:
     curve: dict[str, list] = {"T": [], "val_psnr": [], "infer_s": []}
     for t, r in sorted((int(t), r) for t, r in report["sweep"].items()):
@@ -174,7 +208,7 @@ def sweep_curve(report: dict) -> dict[str, list]:
         if a.get("val_psnr") is not None:
             curve["T"].append(t)
             curve["val_psnr"].append(a["val_psnr"])
-            curve["infer_s"].append(a["infer_s"])
+            curve["infer_s"].append(_infer_s(report, r))
     return curve
 
 
@@ -206,16 +240,17 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {col} | {name} | {r.get('status', '-')} | {a.get('params', '-')} | {f(a.get('val_psnr'))} | "
             f"{f(a.get('val_ssim'), '{:.4f}')} | {f(d, '{:+.2f}')} | {paper:.2f} | {paper - COLUMNS['im'][1]:+.2f} | "
-            f"{f(r.get('median_step_s'), '{:.3f}')} | {f(a.get('infer_s'), '{:.3f}')} |"
+            f"{f(r.get('median_step_s'), '{:.3f}')} | {f(_infer_s(report, name), '{:.3f}')} |"
         )
-    lines += ["", "Fig. 8, the IM-block network against T (inference: one whole validation image, median):", "",
+    lines += ["", "Fig. 8, the IM-block network against T (inference: one whole validation image, median of "
+              "repetitions alternated between the runs in one process):", "",
               "| T | run | status | val PSNR dB | val SSIM | median step s | inference s |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for t, name in sorted((int(t), n) for t, n in report["sweep"].items()):
         r = report["runs"].get(name, {})
         a = r.get("analysis") or {}
         lines.append(
             f"| {t} | {name} | {r.get('status', '-')} | {f(a.get('val_psnr'))} | {f(a.get('val_ssim'), '{:.4f}')} | "
-            f"{f(r.get('median_step_s'), '{:.3f}')} | {f(a.get('infer_s'), '{:.3f}')} |"
+            f"{f(r.get('median_step_s'), '{:.3f}')} | {f(_infer_s(report, name), '{:.3f}')} |"
         )
     claims = orderings(report)
     if claims:
@@ -237,6 +272,7 @@ def plot(report: dict, path: Path) -> None:
     curve = sweep_curve(report)
     if curve["T"]:
         ax_t.plot(curve["T"], curve["val_psnr"], marker="o", color="C0")
+    if curve["T"] and None not in curve["infer_s"]:
         twin = ax_t.twinx()
         twin.plot(curve["T"], curve["infer_s"], marker="s", color="C1")
         twin.set_ylabel("inference s (one val image)", color="C1")
@@ -332,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
         report["runs"][name] = entry
         report["orderings"] = orderings(report)
+        (out / "ablation.json").write_text(json.dumps(report, indent=1))
+        (out / "ablation.md").write_text(markdown(report))
+    done = {n: json.loads((out / "runs" / n / "summary.json").read_text())["last_checkpoint"]
+            for n, e in report["runs"].items() if e["status"] == "done"}  # fmt: skip
+    if done:
+        report["inference"] = time_inference(out, done, {**next(iter(p["runs"].values())), **extra}, preset, log)
         (out / "ablation.json").write_text(json.dumps(report, indent=1))
         (out / "ablation.md").write_text(markdown(report))
     plot(report, out / "ablation.png")

@@ -50,9 +50,10 @@ def test_orderings_follow_the_measured_psnr():
     report = {
         "columns": {c: c for c in ablation.COLUMNS},
         "sweep": {"1": "T1", "12": "im"},
-        "runs": {c: {"analysis": {"val_psnr": 20.0 + i, "infer_s": 1.0}} for i, c in enumerate(ablation.COLUMNS)},
+        "runs": {c: {"analysis": {"val_psnr": 20.0 + i}} for i, c in enumerate(ablation.COLUMNS)},
+        "inference": {"seconds": {"im": 1.0, "T1": 0.2}},
     }
-    report["runs"]["T1"] = {"analysis": {"val_psnr": 30.0, "infer_s": 0.2}}
+    report["runs"]["T1"] = {"analysis": {"val_psnr": 30.0}}
     got = {(c["better"], c["worse"]): c for c in ablation.orderings(report)}
     # COLUMNS' order gives PSNR resblock1 20 < resblockT 21 < no_mlf 22 < no_attention 23 < oa 24 < im 25
     assert got[("im", "resblockT")]["holds"] and got[("im", "resblockT")]["here_db"] == pytest.approx(4.0)
@@ -61,6 +62,8 @@ def test_orderings_follow_the_measured_psnr():
     md = ablation.markdown({**report, "machine": {"cpu": "x", "backend": "cpu", "cpu_count": 2, "jax": "0"},
                             "preset_name": "tiny", "preset": ablation.PRESETS["tiny"], "train_data": "t", "val_data": "v"})  # fmt: skip
     assert "- PSNR rises with T (Fig. 8): does not hold" in md and "| im | im | - | - | 25.00 |" in md
+    assert "| 1 | T1 | - | 30.00 | - | - | 0.200 |" in md  # the alternated timing, per run
+    assert ablation.sweep_curve(report)["infer_s"] == [0.2, 1.0]
 
 
 def test_tiny_ablation_trains_once_per_config_and_reports(tmp_path, tiny_data):
@@ -72,9 +75,15 @@ def test_tiny_ablation_trains_once_per_config_and_reports(tmp_path, tiny_data):
     a = report["runs"]["im"]["analysis"]
     cfg = apply_overrides(load_config("default"), list(report["runs"]["im"]["overrides"].items()))
     assert a["params"] == count_params(nnx.eval_shape(lambda: MINet(cfg.model, rngs=nnx.Rngs(0))))
-    assert a["val_images"] == 2 and np.isfinite(a["val_psnr"]) and a["infer_s"] > 0
+    assert a["val_images"] == 2 and np.isfinite(a["val_psnr"])
+    inf = json.loads((out / "inference.json").read_text())
+    assert report["inference"] == inf and inf["seconds"]["im"] > 0 and inf["repeats"] == 1
+    assert inf["checkpoints"] == {"im": json.loads((out / "runs" / "im" / "summary.json").read_text())["last_checkpoint"]}
     assert cfg.model.rca == "features" and cfg.model.mlf_groups == 3  # the paper variant
     assert "| 2 | im | done |" in (out / "ablation.md").read_text() and (out / "ablation.png").stat().st_size > 0
+    # A rerun resumes: nothing trained or timed again (the same measured seconds come back).
+    assert ablation.main(_args(tmp_path, tiny_data, "--columns", "im", "--sweep", "2")) == 0
+    assert json.loads((out / "inference.json").read_text()) == inf
 
 
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
