@@ -267,8 +267,8 @@ def _tile(graphdef, state, windows, mask, out_mask, consts, *, kind, spec, crop,
 def _moments(x: Array, crop: tuple[int, int, int, int], out_mask: Array | None) -> tuple[Array, Array, Array]:
     """Count, per-channel mean and M2 of x[r0:r0+th, c0:c0+tw] (where `out_mask`, if given).
 
-    A tile wholly inside the image (no mask) takes sums over all of x less those over the ring
-    outside the crop: XLA's CPU backend copies a cropped or masked map before reducing it, which
+    A full tile (no mask: its crop lies wholly inside the image) takes sums over all of x less
+    those over the ring of x outside the crop: XLA's CPU backend copies a cropped or masked map before reducing it, which
     made the statistics cost ~40% of a stage's convolution; the ring is a few pixels wide."""
     r0, c0, th, tw = crop
     if out_mask is not None:
