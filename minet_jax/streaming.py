@@ -67,7 +67,10 @@ class FileMap:
     def write(self, r: int, c: int, block: np.ndarray) -> None:
         """map[r : r + len(block), c : c + block.shape[1]] = block."""
         for i in range(block.shape[0]):
-            os.pwrite(self._fd, np.ascontiguousarray(block[i]), self._offset(r + i, c))
+            row = np.ascontiguousarray(block[i])
+            n = os.pwrite(self._fd, row, self._offset(r + i, c))
+            if n != row.nbytes:
+                raise OSError(f"{self.path}: short write ({n} of {row.nbytes} bytes; is the disk full?)")
 
     def to_array(self) -> np.ndarray:
         out = np.empty(self.shape, np.float32)
@@ -268,8 +271,9 @@ def _moments(x: Array, crop: tuple[int, int, int, int], out_mask: Array | None) 
     """Count, per-channel mean and M2 of x[r0:r0+th, c0:c0+tw] (where `out_mask`, if given).
 
     A full tile (no mask: its crop lies wholly inside the image) takes sums over all of x less
-    those over the ring of x outside the crop: XLA's CPU backend copies a cropped or masked map before reducing it, which
-    made the statistics cost ~40% of a stage's convolution; the ring is a few pixels wide."""
+    those over the ring of x outside the crop: XLA's CPU backend copies a cropped or masked map
+    before reducing it, which made the statistics cost ~40% of a stage's convolution; the ring is
+    a few pixels wide."""
     r0, c0, th, tw = crop
     if out_mask is not None:
         t = x[r0 : r0 + th, c0 : c0 + tw]
@@ -295,8 +299,8 @@ def _window(m: np.ndarray | FileMap, r0: int, c0: int, out: np.ndarray, mask: np
     Only the strips outside m are zeroed: a full fill was one more pass over every window."""
     h, w = m.shape[:2]
     rows, cols = out.shape[:2]
-    a, b = min(max(r0, 0), r0 + rows), max(min(r0 + rows, h), r0)
-    e, f = min(max(c0, 0), c0 + cols), max(min(c0 + cols, w), c0)
+    a, b = max(r0, 0), min(r0 + rows, h)
+    e, f = max(c0, 0), min(c0 + cols, w)
     if a >= b or e >= f:
         out.fill(0.0)
         mask.fill(0.0)
@@ -377,10 +381,12 @@ class _Runner:
                 for m, buf in zip(inputs, wins):
                     _window(m, r0, c0, buf, mask)
                 vr, vc = min(th, h - r), min(tw, w - c)
-                out_mask.fill(0.0)
-                out_mask[:vr, :vc] = 1.0
+                edge = (vr, vc) != (th, tw)
+                if edge:
+                    out_mask.fill(0.0)
+                    out_mask[:vr, :vc] = 1.0
                 outs, stats = _tile(
-                    graphdef, state, wins, mask, None if (vr, vc) == (th, tw) else out_mask, consts,
+                    graphdef, state, wins, mask, out_mask if edge else None, consts,
                     kind=kind, spec=spec, crop=crop, keep=store, moments=moments,
                 )  # fmt: skip
                 for dst, o in zip(results, outs):
