@@ -3,8 +3,11 @@ tiny synthetic data set and its training config, and a 16-bit PNG writer."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -12,6 +15,21 @@ import numpy as np
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+# One persistent compilation cache per test session, set before JAX is imported and inherited by
+# the train.py and tool processes the tests start: the suite compiles the same small networks over
+# and over (tests/test_train.py: 476 s without it, 217 s with it, 2-core CPU, 2026-12-07). A cache
+# the user set is left alone.
+_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="minet-jax-test-compile-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _CACHE is not None:
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
