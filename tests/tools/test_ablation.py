@@ -66,6 +66,18 @@ def test_orderings_follow_the_measured_psnr():
     assert ablation.sweep_curve(report)["infer_s"] == [0.2, 1.0]
 
 
+def test_table2_bars_are_against_im_in_the_papers_order():
+    """Whatever order --columns gave, each bar is a column less im (the network it ablates)."""
+    psnr = {"no_attention": 17.0, "im": 18.0, "resblock1": 16.5, "oa": 19.0}
+    report = {"columns": {c: c for c in psnr}, "runs": {c: {"analysis": {"val_psnr": v}} for c, v in psnr.items()}}
+    names, here, paper = ablation.table2_bars(report)
+    assert names == ["resblock1", "no_attention", "oa", "im"]
+    assert here == pytest.approx([-1.5, -1.0, 1.0, 0.0])
+    assert paper == pytest.approx([32.61 - 35.51, 34.92 - 35.51, 35.31 - 35.51, 0.0])
+    del report["runs"]["im"]
+    assert ablation.table2_bars(report) == ([], [], [])
+
+
 def test_tiny_ablation_trains_once_per_config_and_reports(tmp_path, tiny_data):
     # tiny's network is T = 2: the im column and the sweep's T = 2 are one run.
     assert ablation.main(_args(tmp_path, tiny_data, "--columns", "im", "--sweep", "2")) == 0
