@@ -177,10 +177,14 @@ def time_inference(out: Path, checkpoints: dict[str, str], overrides: dict, pres
     return result
 
 
+def _column_psnr(report: dict) -> dict[str, float | None]:
+    return {c: (report["runs"].get(r, {}).get("analysis") or {}).get("val_psnr") for c, r in report["columns"].items()}
+
+
 def orderings(report: dict) -> list[dict[str, Any]]:
     """Each of the paper's claims (CLAIMS, and Fig. 8's "PSNR rises with T") with what this run
     shows: the PSNR difference and whether the paper's order holds."""
-    psnr = {c: (report["runs"].get(r, {}).get("analysis") or {}).get("val_psnr") for c, r in report["columns"].items()}
+    psnr = _column_psnr(report)
     out = []
     for better, worse, says in CLAIMS:
         if psnr.get(better) is None or psnr.get(worse) is None:
@@ -265,7 +269,7 @@ def markdown(report: dict) -> str:
 def table2_bars(report: dict) -> tuple[list[str], list[float], list[float]]:
     """(columns in Table 2's order, PSNR here less im's, the paper's less its im): the columns
     done, when im is one of them (the full network every column ablates)."""
-    psnr = {c: (report["runs"].get(r, {}).get("analysis") or {}).get("val_psnr") for c, r in report["columns"].items()}
+    psnr = _column_psnr(report)
     if psnr.get("im") is None:
         return [], [], []
     names = [c for c in COLUMNS if psnr.get(c) is not None]
