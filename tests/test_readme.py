@@ -32,7 +32,8 @@ RUN, PARSE, META = "run", "parse", "meta"
 COMMANDS: dict[str, tuple[str, list[str]]] = {
     "pip install -r requirements.txt": (META, []),  # what CI's .ci/run does
     "python train.py": (RUN, TINY_TRAIN + TINY_DEFAULT_DATA),
-    "python -m pytest -q": (META, []),  # this suite
+    "python -m pytest -q -n 2 --dist loadfile": (META, []),  # this suite, as .ci/run runs it
+    "python -m pytest -q": (META, []),  # the same in one process
     "python -m minet_jax.tools.dehaze --checkpoint minet_its_official.pth photo.jpg": (RUN, []),
     "python -m minet_jax.tools.dehaze --checkpoint runs/default/checkpoints photo.jpg --suffix _mine": (RUN, []),
     "python -m minet_jax.tools.dehaze --checkpoint minet_its_official.pth photo.jpg --tile 512 --suffix _tiled": (
