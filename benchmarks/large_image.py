@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "large_image.json").write_text(json.dumps(report, indent=2))
     lines = [
         f"Large images on {report['machine'].get('cpu', '?')} ({time.strftime('%Y-%m-%d')}); output in [0, 1] RGB, "
-        "each mode in its own process; first call: seconds including compilation; compiled: median of the "
-        f"{args.repeat} further calls in that process (--repeat).",
+        "each mode in its own process; first call: seconds including compilation"
+        + (f"; compiled: median of the {args.repeat} further calls in that process (--repeat)." if args.repeat else "."),
         "",
         "| size | mode | first call s | x whole | compiled s | x whole | peak RSS GiB | x whole | max abs diff "
         "| PSNR vs ref dB | ref |",
