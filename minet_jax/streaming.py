@@ -9,7 +9,8 @@ tile's per-channel count, mean and M2. Those are merged over tiles in float64 (C
 LeVeque's pairwise update) into the whole image's mean and biased variance, which the next stage
 applies. The accelerator holds one tile (and its halo) at a time; the maps live in numpy arrays,
 or in files under `spill`, read and written a row segment at a time (pread / pwrite), so that
-none of their pages count in the process's memory.
+none of their pages count in the process's memory. Those host copies are split by rows over a
+few threads (`COPY_THREADS`): XLA's threads wait while they run.
 
 Each stage compiles once: edge tiles are zero-padded to the full tile shape. A window holds
 zeros outside the image, which is a convolution's zero padding as it stands; where a pointwise
@@ -30,6 +31,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -39,6 +41,36 @@ import numpy as np
 from flax import nnx
 
 Array = jax.Array
+COPY_THREADS = min(4, os.cpu_count() or 1)  # measured with 2 (a 2-core CPU): see _by_rows
+PARALLEL_BYTES = 1 << 20  # less is copied in the calling thread
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _by_rows(fn: Callable[[int, int], None], rows: int, nbytes: int) -> None:
+    """fn(a, b) over row ranges [a, b) that cover `rows`, in COPY_THREADS threads when there are
+    PARALLEL_BYTES or more to move. numpy's copies and os.preadv / pwrite run without the GIL, and the
+    host's copies run while XLA's threads wait: one copy thread left a core idle."""
+    global _POOL
+    n = min(COPY_THREADS, rows)
+    if n <= 1 or nbytes < PARALLEL_BYTES:
+        fn(0, rows)
+        return
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="minet-copy")
+    cuts = [rows * i // n for i in range(n + 1)]
+    futures = [_POOL.submit(fn, a, b) for a, b in zip(cuts[1:-1], cuts[2:])]
+    fn(0, cuts[1])
+    for f in futures:
+        f.result()
+
+
+def _copy(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst[...] = src (row ranges in parallel)."""
+
+    def part(a: int, b: int) -> None:
+        dst[a:b] = src[a:b]
+
+    _by_rows(part, len(src), src.nbytes)
 
 
 # --- host-side feature maps and statistics ---
@@ -59,18 +91,26 @@ class FileMap:
 
     def read(self, a: int, e: int, out: np.ndarray) -> None:
         """out[:] = map[a : a + len(out), e : e + out.shape[1]]; rows of `out` contiguous."""
-        for i in range(out.shape[0]):
-            n = os.preadv(self._fd, [out[i]], self._offset(a + i, e))
-            if n != out[i].nbytes:
-                raise OSError(f"{self.path}: short read ({n} of {out[i].nbytes} bytes)")
+
+        def part(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                n = os.preadv(self._fd, [out[i]], self._offset(a + i, e))
+                if n != out[i].nbytes:
+                    raise OSError(f"{self.path}: short read ({n} of {out[i].nbytes} bytes)")
+
+        _by_rows(part, out.shape[0], out.nbytes)
 
     def write(self, r: int, c: int, block: np.ndarray) -> None:
         """map[r : r + len(block), c : c + block.shape[1]] = block."""
-        for i in range(block.shape[0]):
-            row = np.ascontiguousarray(block[i])
-            n = os.pwrite(self._fd, row, self._offset(r + i, c))
-            if n != row.nbytes:
-                raise OSError(f"{self.path}: short write ({n} of {row.nbytes} bytes; is the disk full?)")
+
+        def part(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                row = np.ascontiguousarray(block[i])
+                n = os.pwrite(self._fd, row, self._offset(r + i, c))
+                if n != row.nbytes:
+                    raise OSError(f"{self.path}: short write ({n} of {row.nbytes} bytes; is the disk full?)")
+
+        _by_rows(part, block.shape[0], block.nbytes)
 
     def to_array(self) -> np.ndarray:
         out = np.empty(self.shape, np.float32)
@@ -314,7 +354,7 @@ def _window(m: np.ndarray | FileMap, r0: int, c0: int, out: np.ndarray, mask: np
     if isinstance(m, FileMap):
         m.read(a, e, out[a - r0 : b - r0, e - c0 : f - c0])
     else:
-        out[a - r0 : b - r0, e - c0 : f - c0] = m[a:b, e:f]
+        _copy(out[a - r0 : b - r0, e - c0 : f - c0], m[a:b, e:f])
 
 
 def _split(size: int, tile: int) -> int:
@@ -394,7 +434,7 @@ class _Runner:
                     if isinstance(dst, FileMap):
                         dst.write(r, c, block)
                     else:
-                        dst[r : r + vr, c : c + vc] = block
+                        _copy(dst[r : r + vr, c : c + vc], block)
                 for a, (n, mean, m2) in zip(acc, stats):
                     a.add(float(n), np.asarray(mean), np.asarray(m2))
         return results, acc

@@ -50,17 +50,26 @@ def test_stream_with_the_authors_weights(official_model, sots_mini):
     _close(streaming.stream(official_model, x, tile=32), ref)
 
 
-def test_spilled_maps_give_the_same_output_and_leave_no_files(tmp_path):
+def test_spilled_maps_give_the_same_output_and_leave_no_files(tmp_path, monkeypatch):
+    """Also with every copy split over three threads (the real sizes' path): the same bits."""
     m = _small("official", T=1)
     x = _input("official", 26, 30)
     in_ram = streaming.stream(m, x, tile=16)
     spilled = streaming.stream(m, x, tile=16, spill=tmp_path / "spill")
     np.testing.assert_array_equal(spilled, in_ram)
+    monkeypatch.setattr(streaming, "COPY_THREADS", 3)
+    monkeypatch.setattr(streaming, "PARALLEL_BYTES", 0)
+    np.testing.assert_array_equal(streaming.stream(m, x, tile=16), in_ram)
+    np.testing.assert_array_equal(streaming.stream(m, x, tile=16, spill=tmp_path / "spill"), in_ram)
     assert list((tmp_path / "spill").iterdir()) == []
 
 
-def test_file_map_reads_and_writes_sub_rectangles(tmp_path):
-    """FileMap's pwrite / preadv of row segments against the same writes to a numpy array."""
+@pytest.mark.parametrize("threads", [1, 3])
+def test_file_map_reads_and_writes_sub_rectangles(tmp_path, monkeypatch, threads):
+    """FileMap's pwrite / preadv of row segments against the same writes to a numpy array, in one
+    thread and split by rows over three (blocks of 4 to 8 rows: uneven parts)."""
+    monkeypatch.setattr(streaming, "COPY_THREADS", threads)
+    monkeypatch.setattr(streaming, "PARALLEL_BYTES", 0)
     rng = np.random.default_rng(2)
     ref = np.zeros((13, 11, 3), np.float32)
     fm = streaming.FileMap(tmp_path / "m.f32", ref.shape)
@@ -75,6 +84,22 @@ def test_file_map_reads_and_writes_sub_rectangles(tmp_path):
     np.testing.assert_array_equal(fm.to_array(), ref)
     fm.close()
     assert not (tmp_path / "m.f32").exists()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_parallel_copy_writes_exactly_the_destination(monkeypatch, threads):
+    """_copy into a strided sub-rectangle: every row range lands where it belongs, nothing around
+    it is touched (7 rows over 2 or 3 threads: uneven parts)."""
+    monkeypatch.setattr(streaming, "COPY_THREADS", threads)
+    monkeypatch.setattr(streaming, "PARALLEL_BYTES", 0)
+    rng = np.random.default_rng(3)
+    src = rng.normal(size=(9, 12, 5)).astype(np.float32)[1:8, 2:10]
+    dst = np.full((11, 13, 5), np.nan, np.float32)
+    streaming._copy(dst[2:9, 3:11], src)
+    np.testing.assert_array_equal(dst[2:9, 3:11], src)
+    outside = np.ones(dst.shape, bool)
+    outside[2:9, 3:11] = False
+    assert np.isnan(dst[outside]).all()
 
 
 def test_the_device_sees_one_tile_at_a_time(monkeypatch):
