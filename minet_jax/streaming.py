@@ -7,10 +7,10 @@ convolutions need) from host memory, applies the statistics of earlier stages po
 computes a convolution (or a short chain), writes the tile of its output map and returns the
 tile's per-channel count, mean and M2. Those are merged over tiles in float64 (Chan, Golub and
 LeVeque's pairwise update) into the whole image's mean and biased variance, which the next stage
-applies. The accelerator holds one tile (and its halo) at a time; the maps live in numpy arrays,
-or in files under `spill`, read and written a row segment at a time (pread / pwrite), so that
-none of their pages count in the process's memory. Those host copies are split by rows over a
-few threads (`COPY_THREADS`): XLA's threads wait while they run.
+applies. An accelerator holds one tile (and its halo) at a time, the CPU two (`tiles_per_call`);
+the maps live in numpy arrays, or in files under `spill`, read and written a row segment at a
+time (pread / pwrite), so that none of their pages count in the process's memory. Those host
+copies are split by rows over a few threads (`COPY_THREADS`): XLA's threads wait while they run.
 
 Each stage compiles once: edge tiles are zero-padded to the full tile shape. A window holds
 zeros outside the image, which is a convolution's zero padding as it stands; where a pointwise
@@ -22,8 +22,8 @@ it is copied into its map (a crop inside the compiled function was one more pass
 Only fixed step counts can be streamed: the IM-blocks' `unrolled` forward. A fixed_point or
 anderson forward stops on a residual of the whole image; it is refused here, not approximated
 per tile. Feature maps are kept only where recomputing them would cost a large convolution:
-conv1 (3 -> C) is recomputed instead of storing a full-resolution C-channel map, and so is
-deconv2 for the last stage.
+conv1 (3 -> C) is recomputed instead of storing a full-resolution C-channel map; deconv2's output
+overwrites its input map in place (the tiles' borders saved first for their neighbours' halos).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from flax import nnx
 Array = jax.Array
 COPY_THREADS = min(4, os.cpu_count() or 1)  # measured with 2 (a 2-core CPU): see _by_rows
 PARALLEL_BYTES = 1 << 20  # less is copied in the calling thread
+TILES_PER_CALL: int | None = None  # None: tiles_per_call() decides by backend
 _POOL: ThreadPoolExecutor | None = None
 
 
@@ -62,6 +63,16 @@ def _by_rows(fn: Callable[[int, int], None], rows: int, nbytes: int) -> None:
     fn(0, cuts[1])
     for f in futures:
         f.result()
+
+
+def tiles_per_call() -> int:
+    """Tiles per compiled call: two on the CPU, as independent chains, because one tile's
+    convolutions leave part of the cores idle (an IM step over four 216x240 tiles: 128.5 ms in
+    pairs against 135.9 ms one by one); one on an accelerator, which then holds one tile at a
+    time. TILES_PER_CALL overrides."""
+    if TILES_PER_CALL is not None:
+        return TILES_PER_CALL
+    return 2 if jax.default_backend() == "cpu" else 1
 
 
 def _copy(dst: np.ndarray, src: np.ndarray) -> None:
@@ -281,12 +292,11 @@ def _k_up(parts, spec, windows, mask, consts):
 
 
 def _k_decode(parts, spec, windows, mask, consts):
-    """a = leaky(conv_su1(deconv1(relu(norm5(deconv2(relu(norm4(z4))))))) + conv_su2(inp)), with
-    deconv2 recomputed; also the authors' attention's c0(a), whose mean it needs."""
-    norm4, deconv2, norm5, deconv1, su1, su2, c0 = parts
-    z4, inp = windows
-    y = jax.nn.relu(_norm(norm4, z4, consts["stats4"])) * mask
-    y = jax.nn.relu(_norm(norm5, deconv2(y), consts["stats5"]))
+    """a = leaky(conv_su1(deconv1(relu(norm5(z5)))) + conv_su2(inp)), all 1x1 (no halo); also
+    the authors' attention's c0(a), whose mean it needs."""
+    norm5, deconv1, su1, su2, c0 = parts
+    z5, inp = windows
+    y = jax.nn.relu(_norm(norm5, z5, consts["stats"]))
     a = jax.nn.leaky_relu(su1(deconv1(y)) + su2(inp.astype(su2.dtype)), negative_slope=0.1)
     return [a] if c0 is None else [a, c0(a).astype(jnp.float32)]
 
@@ -298,13 +308,17 @@ _KINDS: dict[str, Callable] = {
 
 
 @partial(jax.jit, static_argnames=("graphdef", "kind", "spec", "crop", "keep", "moments"))
-def _tile(graphdef, state, windows, mask, out_mask, consts, *, kind, spec, crop, keep, moments):
-    """One stage on one window: the outputs over the window (those in `keep`; the caller crops
-    them to the tile) and, for those in `moments`, the tile's count, per-channel mean and M2 over
-    its in-image positions."""
+def _tile(graphdef, state, windows, masks, out_masks, consts, *, kind, spec, crop, keep, moments):
+    """One stage on a group of windows (one per tile, `windows[k]` the k-th tile's inputs): for
+    each, the outputs over the window (those in `keep`; the caller crops them to the tile) and,
+    for those in `moments`, the tile's count, per-channel mean and M2 over its in-image
+    positions. The tiles are independent chains in one program (see TILES_PER_CALL)."""
     parts = nnx.merge(graphdef, state)
-    outs = [o[0] for o in _KINDS[kind](parts, spec, [w[None] for w in windows], mask[None], consts)]
-    return [outs[i] for i in keep], [_moments(outs[i].astype(jnp.float32), crop, out_mask) for i in moments]
+    res = []
+    for wins, mask, out_mask in zip(windows, masks, out_masks):
+        outs = [o[0] for o in _KINDS[kind](parts, spec, [w[None] for w in wins], mask[None], consts)]
+        res.append(([outs[i] for i in keep], [_moments(outs[i].astype(jnp.float32), crop, out_mask) for i in moments]))
+    return res
 
 
 def _moments(x: Array, crop: tuple[int, int, int, int], out_mask: Array | None) -> tuple[Array, Array, Array]:
@@ -357,6 +371,41 @@ def _window(m: np.ndarray | FileMap, r0: int, c0: int, out: np.ndarray, mask: np
         _copy(out[a - r0 : b - r0, e - c0 : f - c0], m[a:b, e:f])
 
 
+class _Borders:
+    """The rows and columns of a map within `halo` of its tiles' boundaries, copied before a stage
+    overwrites the map in place: a window's context from a neighbouring tile is patched from them,
+    since that tile may already hold its output. A few MB for a 4K map."""
+
+    def __init__(self, m: np.ndarray | FileMap, th: int, tw: int, halo: int):
+        h, w, c = m.shape
+        self.rows = [(a, self._read(m, a, 0, min(b, h) - a, w, c)) for a, b in _bands(h, th, halo)]
+        self.cols = [(e, self._read(m, 0, e, h, min(f, w) - e, c)) for e, f in _bands(w, tw, halo)]
+
+    @staticmethod
+    def _read(m: np.ndarray | FileMap, a: int, e: int, rows: int, cols: int, c: int) -> np.ndarray:
+        out = np.empty((rows, cols, c), np.float32)
+        if isinstance(m, FileMap):
+            m.read(a, e, out)
+        else:
+            out[:] = m[a : a + rows, e : e + cols]
+        return out
+
+    def patch(self, out: np.ndarray, r0: int, c0: int) -> None:
+        """Overwrite `out` (the window at (r0, c0)) wherever it meets a saved band. Within the tile
+        itself the band equals the map, which the tile has not yet written."""
+        rows, cols = out.shape[:2]
+        for (a, e), band in [((a, 0), b) for a, b in self.rows] + [((0, e), b) for e, b in self.cols]:
+            lo, hi = max(r0, a), min(r0 + rows, a + band.shape[0])
+            left, right = max(c0, e), min(c0 + cols, e + band.shape[1])
+            if lo < hi and left < right:
+                out[lo - r0 : hi - r0, left - c0 : right - c0] = band[lo - a : hi - a, left - e : right - e]
+
+
+def _bands(size: int, tile: int, halo: int) -> list[tuple[int, int]]:
+    """[b - halo, b + halo) around each boundary b between tiles of `tile` along `size`."""
+    return [(b - halo, b + halo) for b in range(tile, size, tile)]
+
+
 def _split(size: int, tile: int) -> int:
     """The tile length that covers `size` with as few tiles of at most `tile` as possible, evenly
     (rounded up to even): edge tiles are padded to it, so an uneven split computes a whole tile
@@ -389,11 +438,12 @@ class _Runner:
     def stage(
         self, kind: str, parts: tuple, inputs: list[np.ndarray], out: tuple[int, int], channels: list[int],
         *, spec: tuple = (), halo: int = 0, scale: str = "same", store: tuple[int, ...] = (0,),
-        moments: tuple[int, ...] = (), consts: dict | None = None,
+        moments: tuple[int, ...] = (), consts: dict | None = None, inplace: bool = False,
     ) -> tuple[list[np.ndarray], list[Moments]]:  # fmt: skip
         """Run a stage over every tile of its (h, w) output. `scale`: "same" (inputs at the output's
         resolution, `halo` pixels of context), "down" (inputs at twice it: a stride-2 3x3
-        convolution) or "up" (inputs at half of it: the 2x transposed convolution)."""
+        convolution) or "up" (inputs at half of it: the 2x transposed convolution). `inplace`:
+        write the (one stored) output over inputs[0], which must have its shape."""
         graphdef, state = nnx.split(parts)
         h, w = out
         t = self.tile if out == self.full else self.tile // 2
@@ -404,31 +454,48 @@ class _Runner:
             wr, wc, crop = 2 * th + 2, 2 * tw + 2, (1, 1, th, tw)
         else:  # up: output tile even, input half-resolution window with one pixel of context
             wr, wc, crop = th // 2 + 2, tw // 2 + 2, (2, 2, th, tw)
-        results = [self.maps.new(h, w, channels[i]) for i in store]
+        borders = None
+        if inplace:
+            if scale != "same" or len(store) != 1 or inputs[0].shape != (h, w, channels[store[0]]):
+                raise ValueError("an in-place stage keeps the resolution and channels of its first input")
+            results = [inputs[0]]
+            borders = _Borders(inputs[0], th, tw, halo)
+        else:
+            results = [self.maps.new(h, w, channels[i]) for i in store]
         acc = [Moments() for _ in moments]
         consts = {k: jax.tree.map(jnp.asarray, v) for k, v in (consts or {}).items()}
-        wins = [self._buffer((wr, wc, m.shape[-1]), i) for i, m in enumerate(inputs)]
-        mask = self._buffer((wr, wc, 1), -1)
-        out_mask = self._buffer((th, tw, 1), -2)
-        for r in range(0, h, th):
-            for c in range(0, w, tw):
-                if scale == "same":
-                    r0, c0 = r - halo, c - halo
-                elif scale == "down":
-                    r0, c0 = 2 * r - 2, 2 * c - 2
-                else:
-                    r0, c0 = r // 2 - 1, c // 2 - 1
-                for m, buf in zip(inputs, wins):
+        if scale == "same":
+            origin = lambda r, c: (r - halo, c - halo)  # noqa: E731
+        elif scale == "down":
+            origin = lambda r, c: (2 * r - 2, 2 * c - 2)  # noqa: E731
+        else:
+            origin = lambda r, c: (r // 2 - 1, c // 2 - 1)  # noqa: E731
+        tiles = [(r, c, min(th, h - r), min(tw, w - c)) for r in range(0, h, th) for c in range(0, w, tw)]
+        group = tiles_per_call()
+        for g in range(0, len(tiles), group):
+            batch = tiles[g : g + group]
+            wins, masks, out_masks = [], [], []
+            for k, (r, c, vr, vc) in enumerate(batch):
+                r0, c0 = origin(r, c)
+                mask = self._buffer((wr, wc, 1), (k, -1))
+                bufs = [self._buffer((wr, wc, m.shape[-1]), (k, i)) for i, m in enumerate(inputs)]
+                for m, buf in zip(inputs, bufs):
                     _window(m, r0, c0, buf, mask)
-                vr, vc = min(th, h - r), min(tw, w - c)
-                edge = (vr, vc) != (th, tw)
-                if edge:
+                if borders is not None:
+                    borders.patch(bufs[0], r0, c0)
+                out_mask = None
+                if (vr, vc) != (th, tw):  # an edge tile: its crop reaches past the image
+                    out_mask = self._buffer((th, tw, 1), (k, -2))
                     out_mask.fill(0.0)
                     out_mask[:vr, :vc] = 1.0
-                outs, stats = _tile(
-                    graphdef, state, wins, mask, out_mask if edge else None, consts,
-                    kind=kind, spec=spec, crop=crop, keep=store, moments=moments,
-                )  # fmt: skip
+                wins.append(bufs)
+                masks.append(mask)
+                out_masks.append(out_mask)
+            res = _tile(
+                graphdef, state, wins, masks, out_masks, consts,
+                kind=kind, spec=spec, crop=crop, keep=store, moments=moments,
+            )  # fmt: skip
+            for (r, c, vr, vc), (outs, stats) in zip(batch, res):
                 for dst, o in zip(results, outs):
                     block = np.asarray(o)[crop[0] : crop[0] + vr, crop[1] : crop[1] + vc]
                     if isinstance(dst, FileMap):
@@ -546,19 +613,20 @@ def _network(run: _Runner, model, inp: np.ndarray) -> np.ndarray:
                              consts=consts_up)  # fmt: skip
     free(m)
     del m
-    _, (m5,) = run.stage("conv", (model.norm4, None, model.deconv2), [z4], full, [c], halo=1, store=(),
-                         moments=(0,), consts=st(m4))  # fmt: skip
+    # deconv2's output overwrites z4 tile by tile (the tiles' borders kept for their neighbours'
+    # halos): no second full-resolution map, and deconv2 computed once.
+    (z5,), (m5,) = run.stage("conv", (model.norm4, None, model.deconv2), [z4], full, [c], halo=1,
+                             moments=(0,), consts=st(m4), inplace=True)  # fmt: skip
     c0 = model.attention.c0 if model.attention is not None else None
-    parts = (model.norm4, model.deconv2, model.norm5, model.deconv1, model.conv_su1, model.conv_su2, c0)
-    both = {"stats4": m4.stats(), "stats5": m5.stats()}
+    parts = (model.norm5, model.deconv1, model.conv_su1, model.conv_su2, c0)
     if c0 is None:
-        (a,), _ = run.stage("decode", parts, [z4, inp], full, [3], halo=1, consts=both)
+        (a,), _ = run.stage("decode", parts, [z5, inp], full, [3], consts=st(m5))
         consts_final = {}
     else:
-        (a,), (mc,) = run.stage("decode", parts, [z4, inp], full, [3, 3], halo=1, moments=(1,), consts=both)
+        (a,), (mc,) = run.stage("decode", parts, [z5, inp], full, [3, 3], moments=(1,), consts=st(m5))
         consts_final = {"mean": mc.stats()[0]}
     free(z4)
-    del z4
+    del z4, z5
     (y,), _ = run.stage("pointwise", (model.attention, model.deconv), [a], full, [3], spec=("final",),
                         consts=consts_final)  # fmt: skip
     free(a)

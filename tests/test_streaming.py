@@ -102,22 +102,29 @@ def test_parallel_copy_writes_exactly_the_destination(monkeypatch, threads):
     assert np.isnan(dst[outside]).all()
 
 
-def test_the_device_sees_one_tile_at_a_time(monkeypatch):
-    """Every array handed to the compiled stage is a tile plus its halo, never the image."""
+@pytest.mark.parametrize("group", [1, 3])
+def test_the_device_sees_one_tile_at_a_time(monkeypatch, group):
+    """Every array handed to the compiled stage is a tile plus its halo, never the image; a call
+    holds `TILES_PER_CALL` tiles (one on an accelerator), edge and full tiles mixed, and gives
+    the whole image's output."""
     m = _small("official", T=1)
-    x = _input("official", 64, 96)
+    x = _input("official", 62, 74)  # edge tiles, and 20 tiles: groups of 3 leave 2
     shapes = []
     tile_fn = streaming._tile
 
     def spy(graphdef, state, windows, *args, **kwargs):
-        shapes.extend(w.shape[:2] for w in windows)
+        calls.append(len(windows))
+        shapes.extend(w.shape[:2] for tile in windows for w in tile)
         return tile_fn(graphdef, state, windows, *args, **kwargs)
 
+    calls = []
     monkeypatch.setattr(streaming, "_tile", spy)
-    streaming.stream(m, x, tile=16)
+    monkeypatch.setattr(streaming, "TILES_PER_CALL", group)
+    _close(streaming.stream(m, x, tile=16), np.asarray(m(x[None]))[0])
     halo = 2 * max(m.config.dilations) - 1 + 2  # the widest stage: ShareSepConv then the dilated conv
     assert shapes and max(max(s) for s in shapes) <= 16 + 2 * halo
     assert max(max(s) for s in shapes) < 64
+    assert max(calls) == group
 
 
 def test_dehaze_tiles_exactly_by_default():
