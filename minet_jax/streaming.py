@@ -65,14 +65,15 @@ def _by_rows(fn: Callable[[int, int], None], rows: int, nbytes: int) -> None:
         f.result()
 
 
-def tiles_per_call() -> int:
-    """Tiles per compiled call: two on the CPU, as independent chains, because one tile's
-    convolutions leave part of the cores idle (an IM step over four 216x240 tiles: 128.5 ms in
-    pairs against 135.9 ms one by one); one on an accelerator, which then holds one tile at a
-    time. TILES_PER_CALL overrides."""
+def tiles_per_call(full_resolution: bool) -> int:
+    """Tiles per compiled call: on the CPU two of the half-resolution stages' tiles, as
+    independent chains, because one tile's convolutions leave part of the two cores idle (an IM
+    step over four 216x240 tiles: 128.5 ms in pairs against 135.9 ms one by one); one otherwise:
+    pairs of full-resolution tiles added 0.44 GiB to the peak at 4K. An accelerator holds one
+    tile at a time. TILES_PER_CALL, where set, overrides."""
     if TILES_PER_CALL is not None:
         return TILES_PER_CALL
-    return 2 if jax.default_backend() == "cpu" else 1
+    return 2 if jax.default_backend() == "cpu" and not full_resolution else 1
 
 
 def _copy(dst: np.ndarray, src: np.ndarray) -> None:
@@ -428,12 +429,20 @@ class _Runner:
     def __init__(self, tile: int, maps: Maps, full: tuple[int, int]):
         self.tile, self.maps, self.full = tile, maps, full
         self._buffers: dict[tuple, np.ndarray] = {}  # window buffers, reused: no page faults per tile
+        self._used: set[tuple] = set()
 
-    def _buffer(self, shape: tuple, slot: int) -> np.ndarray:
+    def _buffer(self, shape: tuple, slot) -> np.ndarray:
         key = (shape, slot)
         if key not in self._buffers:
             self._buffers[key] = _aligned(shape)
+        self._used.add(key)
         return self._buffers[key]
+
+    def _release(self) -> None:
+        """Drop the buffers the last stage did not use: a stage of the same shapes (an IM-block's
+        steps) reuses them, while the rest would add ~0.1 GB per full-resolution shape at 4K."""
+        self._buffers = {k: v for k, v in self._buffers.items() if k in self._used}
+        self._used = set()
 
     def stage(
         self, kind: str, parts: tuple, inputs: list[np.ndarray], out: tuple[int, int], channels: list[int],
@@ -471,7 +480,7 @@ class _Runner:
         else:
             origin = lambda r, c: (r // 2 - 1, c // 2 - 1)  # noqa: E731
         tiles = [(r, c, min(th, h - r), min(tw, w - c)) for r in range(0, h, th) for c in range(0, w, tw)]
-        group = tiles_per_call()
+        group = tiles_per_call(out == self.full)
         for g in range(0, len(tiles), group):
             batch = tiles[g : g + group]
             wins, masks, out_masks = [], [], []
@@ -504,6 +513,7 @@ class _Runner:
                         _copy(dst[r : r + vr, c : c + vc], block)
                 for a, (n, mean, m2) in zip(acc, stats):
                     a.add(float(n), np.asarray(mean), np.asarray(m2))
+        self._release()
         return results, acc
 
 
