@@ -7,10 +7,11 @@ convolutions need) from host memory, applies the statistics of earlier stages po
 computes a convolution (or a short chain), writes the tile of its output map and returns the
 tile's per-channel count, mean and M2. Those are merged over tiles in float64 (Chan, Golub and
 LeVeque's pairwise update) into the whole image's mean and biased variance, which the next stage
-applies. An accelerator holds one tile (and its halo) at a time, the CPU two (`tiles_per_call`);
-the maps live in numpy arrays, or in files under `spill`, read and written a row segment at a
-time (pread / pwrite), so that none of their pages count in the process's memory. Those host
-copies are split by rows over a few threads (`COPY_THREADS`): XLA's threads wait while they run.
+applies. An accelerator holds one tile (and its halo) at a time; the CPU two of the
+half-resolution stages' (`tiles_per_call`). The maps live in numpy arrays, or in files under
+`spill`, read and written a row segment at a time (pread / pwrite), so that none of their pages
+count in the process's memory. Those host copies are split by rows over a few threads
+(`COPY_THREADS`): XLA's threads wait while they run.
 
 Each stage compiles once: edge tiles are zero-padded to the full tile shape. A window holds
 zeros outside the image, which is a convolution's zero padding as it stands; where a pointwise
