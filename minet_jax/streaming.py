@@ -389,7 +389,7 @@ class _Borders:
         if isinstance(m, FileMap):
             m.read(a, e, out)
         else:
-            out[:] = m[a : a + rows, e : e + cols]
+            _copy(out, m[a : a + rows, e : e + cols])
         return out
 
     def patch(self, out: np.ndarray, r0: int, c0: int) -> None:

@@ -103,7 +103,7 @@ def test_parallel_copy_writes_exactly_the_destination(monkeypatch, threads):
 
 
 @pytest.mark.parametrize("group", [1, 3])
-def test_the_device_sees_one_tile_at_a_time(monkeypatch, group):
+def test_each_call_sees_tiles_never_the_image(monkeypatch, group):
     """Every array handed to the compiled stage is a tile plus its halo, never the image; a call
     holds `TILES_PER_CALL` tiles (one on an accelerator), edge and full tiles mixed, and gives
     the whole image's output."""
