@@ -192,7 +192,7 @@ def load_torch_weights(path: str | Path, **overrides) -> MINet:
 
 TRAIN_ITEMS = ("params", "train_state", "model_config", "meta")
 # How a layer is computed, not what it computes: free to differ between a checkpoint and its resume.
-IMPLEMENTATION_KEYS = ("share_sep_impl", "conv_vjp", "batch_split")
+IMPLEMENTATION_KEYS = ("share_sep_impl", "conv_vjp", "batch_split", "remat")
 
 
 class ConfigMismatch(ValueError):

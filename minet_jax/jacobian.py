@@ -205,9 +205,10 @@ def forward_mode_model(model: MINet) -> MINet:
 
     On CPU, ShareSepConv runs as shifted sums with a hand-written (custom_vjp) gradient and the
     IM-block convolutions with another (`conv_vjp="explicit"`), which jacfwd / jvp / linearize
-    cannot go through; `share_sep_impl="shift_autodiff"` and `conv_vjp="lax"` are the same ops
-    left to JAX's autodiff. Values are identical."""
-    if share_sep_impl(model.config) != "shift" and conv_vjp(model.config) != "explicit":
+    cannot go through, nor `remat`'s recomputed segments; `share_sep_impl="shift_autodiff"`,
+    `conv_vjp="lax"` and no remat are the same ops left to JAX's autodiff. Values are identical."""
+    cfg = model.config
+    if share_sep_impl(cfg) != "shift" and conv_vjp(cfg) != "explicit" and not cfg.get("remat", False):
         return model
     return nnx.merge(_forward_mode_graphdef(model.config.to_json()), nnx.state(model))
 
@@ -219,6 +220,7 @@ def _forward_mode_graphdef(config_json: str) -> nnx.GraphDef:
     if share_sep_impl(cfg) == "shift":
         cfg.share_sep_impl = "shift_autodiff"
     cfg.conv_vjp = "lax"
+    cfg.remat = False
     return nnx.graphdef(nnx.eval_shape(lambda: MINet(cfg, rngs=nnx.Rngs(0))))
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from minet_jax import conv, global_stats, solvers
+from minet_jax import conv, global_stats, remat, solvers
 from minet_jax.config import model_config
 
 Array = jax.Array
@@ -389,14 +389,34 @@ class MINet(nnx.Module):
         y = jnp.concatenate([p[0] for p in parts])
         return (y, _merge_aux([p[1] for p in parts])) if with_aux else y
 
+    def _encode(self, x: Array) -> Array:
+        y = self.norm1.relu(self.conv1(x))
+        y = self.norm2.relu(self.conv2(y))
+        return self.norm3.relu(self.conv3(y))
+
+    def _decode(self, y: Array) -> Array:
+        y = self.norm4.relu(self.deconv3(y))
+        y = self.norm5.relu(self.deconv2(y))
+        return self.deconv1(y)
+
+    def _segment(self, method, x: Array) -> Array:
+        """`method(x)`, its activations recomputed in the backward pass where `remat` says so."""
+        # Not while whole-image statistics are recorded: the custom_vjp would trace them away.
+        if not self.config.get("remat", False) or global_stats.active():
+            return method(x)
+        graphdef, params = nnx.split(self)
+
+        def fn(params, x):
+            return getattr(nnx.merge(graphdef, params), method.__name__)(x)
+
+        return remat.recomputed(fn)(params, x)
+
     def _run(self, x: Array, with_aux: bool, stats_slots: Array | None):
         h, w = x.shape[1], x.shape[2]
         if h % 2 or w % 2:
             x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         inp = x.astype(_dtype(self.config))
-        y = self.norm1.relu(self.conv1(inp))
-        y = self.norm2.relu(self.conv2(y))
-        y = self.norm3.relu(self.conv3(y))
+        y = self._segment(self._encode, inp)
         for block in self.pre_processing:
             y = block(y)
         block_inputs, outs, stats = [], [], []
@@ -410,9 +430,7 @@ class MINet(nnx.Module):
             y = sum(outs[i] * gates[..., i : i + 1] for i in range(3))
         if self.rca is not None:
             y = self.rca(y)
-        y = self.norm4.relu(self.deconv3(y))
-        y = self.norm5.relu(self.deconv2(y))
-        y = self.deconv1(y)
+        y = self._segment(self._decode, y)
         y = jax.nn.leaky_relu(self.conv_su1(y) + self.conv_su2(inp), negative_slope=0.1)
         if self.attention is not None:
             y = self.attention(y)

@@ -29,9 +29,10 @@ def test_checkpoint_round_trip(tmp_path):
 def test_config_diff_ignores_how_the_same_values_are_computed():
     from minet_jax.checkpoint import IMPLEMENTATION_KEYS, config_diff
 
-    saved = {"T": 8, "share_sep_impl": "shift", "conv_vjp": "explicit", "batch_split": 2, "solver": {"tol": 1e-3}}
-    now = {"T": 8, "share_sep_impl": "xla", "conv_vjp": "lax", "batch_split": 1, "solver": {"tol": 1e-3}}
-    assert set(IMPLEMENTATION_KEYS) == {"share_sep_impl", "conv_vjp", "batch_split"}
+    saved = {"T": 8, "share_sep_impl": "shift", "conv_vjp": "explicit", "batch_split": 2, "remat": True,
+             "solver": {"tol": 1e-3}}  # fmt: skip
+    now = {"T": 8, "share_sep_impl": "xla", "conv_vjp": "lax", "batch_split": 1, "remat": False, "solver": {"tol": 1e-3}}
+    assert set(IMPLEMENTATION_KEYS) == {"share_sep_impl", "conv_vjp", "batch_split", "remat"}
     assert config_diff(saved, now) == []
     assert config_diff(saved, {**now, "T": 4, "solver": {"tol": 1e-2}}) == [
         "T: checkpoint 8, config 4", "solver.tol: checkpoint 0.001, config 0.01"]  # fmt: skip
