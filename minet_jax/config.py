@@ -100,8 +100,9 @@ def model_config(variant: str = "official") -> ml_collections.ConfigDict:
             # XLA then keeps both cores busy, see model.AUTO_BATCH_SPLIT_CPU); 0 = auto (2 on
             # the CPU, 1 elsewhere), lowered to a divisor of the batch.
             batch_split=0,
-            # Recompute the full-resolution encoder and decoder in the backward pass instead of
-            # keeping their activations (minet_jax/remat.py): less training memory, more compute.
+            # Recompute the encoder (with the pre-processing blocks) and the decoder in the backward
+            # pass instead of keeping their activations (minet_jax/remat.py): less training
+            # memory for a little more compute. Reverse mode only; the probes compute plainly.
             remat=False,
             solver=solver_config(),
         )
@@ -369,8 +370,8 @@ HELP = {
     "model.precision": "jax.lax.Precision of the convolutions, e.g. highest; empty = backend default",
     "model.share_sep_impl": "ShareSepConv as shift (shifted sums, fast on CPU) | shift_autodiff | xla | auto",
     "model.conv_vjp": "IM-block convolutions' gradient: explicit (fast in the adjoint loop on CPU) | lax | auto",
-    "model.remat": "recompute the full-resolution encoder and decoder in the backward pass (less training memory, "
-    "~5% more step time on CPU; reverse mode only)",
+    "model.remat": "recompute the encoder (with the pre-processing blocks) and the decoder in the backward pass: "
+    "less training memory, a little more step time; reverse mode only",
     "model.batch_split": "run a batch as this many independent groups of images (same values; both CPU cores busy); "
     "0 = auto (2 on the CPU, 1 elsewhere)",
     "model.solver.forward": "IM-block forward: unrolled (exactly T steps, as released) | fixed_point | anderson (to tol)",

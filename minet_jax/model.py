@@ -390,9 +390,13 @@ class MINet(nnx.Module):
         return (y, _merge_aux([p[1] for p in parts])) if with_aux else y
 
     def _encode(self, x: Array) -> Array:
+        """The full-resolution encoder and the pre-processing blocks."""
         y = self.norm1.relu(self.conv1(x))
         y = self.norm2.relu(self.conv2(y))
-        return self.norm3.relu(self.conv3(y))
+        y = self.norm3.relu(self.conv3(y))
+        for block in self.pre_processing:
+            y = block(y)
+        return y
 
     def _decode(self, y: Array) -> Array:
         y = self.norm4.relu(self.deconv3(y))
@@ -417,8 +421,6 @@ class MINet(nnx.Module):
             x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         inp = x.astype(_dtype(self.config))
         y = self._segment(self._encode, inp)
-        for block in self.pre_processing:
-            y = block(y)
         block_inputs, outs, stats = [], [], []
         for i, block in enumerate(self.blocks):
             block_inputs.append(y)

@@ -71,7 +71,7 @@ def test_model_gradient_unchanged_by_remat():
 def test_remat_keeps_less_than_plain_on_cpu():
     """XLA's own buffer assignment for the gradient: with remat the full-resolution activations
     are not kept (jax.checkpoint of the same segments kept as much as no remat at all here:
-    15.9 against 15.7 MiB; remat 12.5 MiB, 2026-12-08, JAX 0.10.2)."""
+    15.8 against 15.7 MiB; remat 10.1 MiB, 2026-12-08, JAX 0.10.2)."""
     x = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
 
     def temp(model):
