@@ -9,9 +9,10 @@ Here the backward recomputes from its input made to depend on the incoming cotan
 (`x + 0 * ct[0]`, which XLA does not fold for floats), so the recomputation can neither be merged
 with the forward nor scheduled before the backward reaches the segment. MI-Net's full-resolution
 encoder with the pre-processing blocks, and its decoder, so treated (`model.remat`): XLA's buffers
-for the training step (128x128, batch 4, T=8) 1022 -> 853 MiB unrolled, 412 -> 243 MiB implicit;
-the implicit step 1.01x the time (alternated, medians of 7); the update bitwise equal (2-core
-CPU, JAX 0.10.2, 2026-12-08).
+for the training step (128x128, batch 4, T=8) 1022 -> 853 MiB unrolled, 412 -> 243 MiB implicit,
+for 23 GFLOP more per step (counted), 1.15x the implicit step's time and 1.18x phantom's
+(alternated in one process, medians of 9); the update bitwise equal (2-core CPU, JAX 0.10.2,
+2026-12-08).
 """
 
 from __future__ import annotations
