@@ -89,6 +89,9 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
     # compiles the whole training step once per variant (minutes); tests/benchmarks/test_batch_split.py
     "python benchmarks/batch_split.py --shapes 4x128 --pairs unrolled/unrolled --variants 1,2 --reps 3 "
     "--output out/batch_split": (PARSE, []),
+    "python benchmarks/batched_wgrad.py --output out/batched_wgrad": (PARSE, []),
+    "python benchmarks/ab_steps.py --variant model.remat=false --variant model.remat=true "
+    "--set model.solver.backward=implicit --output out/ab_remat": (PARSE, []),
     "python benchmarks/conv_threads.py --output out/conv_threads": (RUN, ["--reps", "1"]),
     'pip install -U "jax[cuda12]==0.10.2"': (META, []),  # a GPU install; this suite runs on the CPU
     "pip install .": (META, []),  # test_config builds and installs the wheel and loads a preset from it
