@@ -237,15 +237,18 @@ def fixed_point(
     max_iter: int = 50,
     differentiable: bool = False,
     unroll: int | bool | str = 1,
+    x0: Array | None = None,
 ) -> tuple[Array, SolverStats]:
-    """Iterate g <- g0 + eta f(g) from g = g0 until ||g_next - g|| / ||g|| < tol or max_iter.
+    """Iterate g <- g0 + eta f(g) from g = x0 (default g0: the IM-block's start) until
+    ||g_next - g|| / ||g|| < tol or max_iter; `x0` is a warm start, e.g. an earlier solution.
 
     Returns the last iterate g_next. `differentiable=False` runs a `lax.while_loop` (no reverse
     mode); `True` runs a `lax.scan` of max_iter steps frozen once converged, with the same stats.
     """
     step = _fixed_point_step(lambda g: g0 + eta * f(params, g), relative_residual)
     c = _iterate(
-        step, _init_carry(g0, max_iter), tol=tol, max_iter=max_iter, differentiable=differentiable,
+        step, _init_carry(g0 if x0 is None else x0, max_iter), tol=tol, max_iter=max_iter,
+        differentiable=differentiable,
         unroll=unroll,
     )  # fmt: skip
     return c.out, _stats(c)
@@ -264,8 +267,10 @@ def anderson(
     lam: float = 1e-4,
     differentiable: bool = False,
     unroll: int | bool | str = 1,
+    x0: Array | None = None,
 ) -> tuple[Array, SolverStats]:
-    """Anderson-accelerated solve of g = G(g) := g0 + eta f(g) from g = g0.
+    """Anderson-accelerated solve of g = G(g) := g0 + eta f(g) from g = x0 (default g0; a warm
+    start, e.g. an earlier solution, otherwise).
 
     Memory m, damping beta (1 = undamped), Tikhonov regularisation lam (relative to the newest
     squared residual norm). The residual is that of the plain map at the current point x,
@@ -275,7 +280,7 @@ def anderson(
     """
     step = _anderson_step(lambda g: g0 + eta * f(params, g), relative_residual, m, beta, lam)
     c = _iterate(
-        step, _init_carry(g0, max_iter, m), tol=tol, max_iter=max_iter,
+        step, _init_carry(g0 if x0 is None else x0, max_iter, m), tol=tol, max_iter=max_iter,
         differentiable=differentiable, unroll=unroll,
     )  # fmt: skip
     return c.out, _stats(c)

@@ -69,6 +69,7 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
     # hours; tests/tools/test_ablation.py runs its tiny preset end to end
     "python -m minet_jax.tools.ablation --preset cpu --output runs/ablation": (PARSE, []),
     "python benchmarks/adjoint_tolerance.py --output out/adjoint_tolerance": (PARSE, []),
+    "python benchmarks/warm_start.py --data ../shared/data/sots-indoor-train --output out/warm_start": (PARSE, []),
     "python -m minet_jax.tools.stability --checkpoint minet_its_official.pth --image hazy.png --crop 32 "
     "--output out/st32": (RUN, ["--krylov", "6", "--max-restarts", "1", "--power-iters", "2"]),
     "python -m minet_jax.tools.stability --checkpoint minet_its_official.pth --image hazy.png --output out/st_full "
