@@ -25,6 +25,9 @@ the unrolled one's time, 0.87x its resident peak and 0.66x its XLA buffers
 (benchmarks/results/solver_study_cpu_partial/scratch_deq_sub1). With the term on all 8 examples
 the same run reached 17.84 dB, also converged everywhere (scratch_deq_margin0.6).
 The study trains it as its `deq` run (and without the term as `deq_no_stability`).
+For less memory add `--set model.remat=true` (the encoder, pre-processing and decoder recomputed
+in the backward pass): the step's resident peak 1099 -> 1001 MiB at 8 x 64 px, XLA's buffers
+348 -> 237 MiB (at the initialisation, 2026-12-08, benchmarks/results/solver_steps_cpu_20261208).
 """
 
 from minet_jax.config import load_config
