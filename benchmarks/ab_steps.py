@@ -28,7 +28,6 @@ if __name__ == "__main__":  # time steps as train.py runs them (minet_jax/host.p
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,11 +38,6 @@ sys.path.insert(0, str(ROOT))
 
 from minet_jax.config import ConfigError, parse_overrides  # noqa: E402
 
-
-def _cpu_name() -> str:
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
 
 
 def parse_variant(text: str) -> list[tuple[str, object]]:
@@ -133,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         p.error(f"--T {args.T!r}: expected comma-separated integers, e.g. 8,16")
 
-    import jax
+    from minet_jax.tools.measure import machine
 
     rows = []
     for T in Ts:
@@ -141,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"T={T} {r['variant']}: {r['median_s']:.3f} s ({r['ratio']:.2f}x)", flush=True)
             rows.append(r)
     report = {
-        "machine": {"cpu": _cpu_name(), "cores": len(os.sched_getaffinity(0)), "jax": jax.__version__,
-                    "backend": jax.default_backend()},  # fmt: skip
+        "machine": {**machine(), "cores": len(os.sched_getaffinity(0))},
         "date": time.strftime("%Y-%m-%d"), "common": args.set, "reps": args.reps, "warmup": args.warmup,
         "rows": rows,
     }  # fmt: skip

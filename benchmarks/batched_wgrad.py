@@ -20,19 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
 FORMS = ("apart", "stacked", "apart x2", "stacked x2")
 
-
-def _cpu_name() -> str:
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
 
 
 def forms(dilation: int):
@@ -137,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         p.error(f"--dilations {args.dilations!r}: expected comma-separated integers, e.g. 1,2,4")
 
-    import jax
+    from minet_jax.tools.measure import machine
 
     rows = []
     for d in dilations:
@@ -145,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dilation {d} {r['form']:>10}: {1e3 * r['median_s']:.1f} ms ({r['ratio']:.2f}x)", flush=True)
             rows.append(r)
     report = {
-        "machine": {"cpu": _cpu_name(), "cores": len(os.sched_getaffinity(0)), "jax": jax.__version__,
-                    "backend": jax.default_backend()},  # fmt: skip
+        "machine": {**machine(), "cores": len(os.sched_getaffinity(0))},
         "date": time.strftime("%Y-%m-%d"), "reps": args.reps, "rows": rows,
     }  # fmt: skip
     md = markdown(report)

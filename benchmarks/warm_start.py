@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from functools import partial
@@ -30,11 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _cpu_name() -> str:
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
 
 
 def measure(data_dir: str, steps: int, batch: int, crop: int, init_from: str, overrides: list[str]) -> list[dict]:
@@ -128,12 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1:
         p.error(f"--steps {args.steps}: expected >= 1")
 
-    import jax
+    from minet_jax.tools.measure import machine
 
     rows = measure(args.data, args.steps, args.batch, args.crop, args.init_from, args.set)
     report = {
-        "machine": {"cpu": _cpu_name(), "cores": len(os.sched_getaffinity(0)), "jax": jax.__version__,
-                    "backend": jax.default_backend()},  # fmt: skip
+        "machine": {**machine(), "cores": len(os.sched_getaffinity(0))},
         "date": time.strftime("%Y-%m-%d"), "data": args.data, "steps": args.steps, "batch": args.batch,
         "crop": args.crop, "init_from": args.init_from, "overrides": args.set, "rows": rows,
     }  # fmt: skip
