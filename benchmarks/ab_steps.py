@@ -26,9 +26,7 @@ if __name__ == "__main__":  # time steps as train.py runs them (minet_jax/host.p
     with_huge_pages()
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -45,14 +43,6 @@ def parse_variant(text: str) -> list[tuple[str, object]]:
     return parse_overrides([item for item in text.split(",") if item.strip()])
 
 
-def summarise(names: list[str], times: list[list[float]]) -> list[dict]:
-    """Per variant its median, spread (min, max) and median over the first variant's median."""
-    medians = [statistics.median(t) for t in times]
-    return [
-        {"variant": v, "median_s": m, "min_s": min(t), "max_s": max(t), "ratio": m / medians[0], "times_s": t}
-        for v, t, m in zip(names, times, medians, strict=True)
-    ]
-
 
 def time_variants(variants: list[str], common: list[str], T: int, batch: int, crop: int, reps: int,
                   warmup: int) -> list[dict]:  # fmt: skip
@@ -61,7 +51,7 @@ def time_variants(variants: list[str], common: list[str], T: int, batch: int, cr
 
     from minet_jax.model import MINet
     from minet_jax.tools.bench import bench_config
-    from minet_jax.tools.measure import compile_train_step, synthetic_batch
+    from minet_jax.tools.measure import alternated_summary, compile_train_step, synthetic_batch
 
     data = synthetic_batch(batch, crop)
     steps = []
@@ -78,7 +68,7 @@ def time_variants(variants: list[str], common: list[str], T: int, batch: int, cr
             t0 = time.perf_counter()
             jax.block_until_ready(step.compiled(step.state, data))
             times[i].append(time.perf_counter() - t0)
-    rows = summarise(variants, times)
+    rows = alternated_summary(variants, times)
     for r in rows:
         r.update(T=T, batch=batch, crop=crop)
     return rows
@@ -127,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         p.error(f"--T {args.T!r}: expected comma-separated integers, e.g. 8,16")
 
-    from minet_jax.tools.measure import machine
+    from minet_jax.tools.measure import machine, save_report
 
     rows = []
     for T in Ts:
@@ -142,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(report)
     print(md)
     if args.output:
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "ab_steps.json").write_text(json.dumps(report, indent=1))
-        (out / "ab_steps.md").write_text(md)
+        save_report(args.output, "ab_steps", report, md)
     return 0
 
 

@@ -27,10 +27,7 @@ if __name__ == "__main__":  # time steps as train.py runs them (minet_jax/host.p
     with_huge_pages()
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -54,19 +51,6 @@ def parse_shape(text: str) -> tuple[int, int]:
     return int(b), int(c)
 
 
-def _cpu_name() -> str:
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
-
-
-def summarise(variants: list[str], times: list[list[float]]) -> list[dict]:
-    """Per variant its median, spread (min, max) and median over the first variant's median."""
-    medians = [statistics.median(t) for t in times]
-    return [
-        {"variant": v, "median_s": m, "min_s": min(t), "max_s": max(t), "ratio": m / medians[0], "times_s": t}
-        for v, t, m in zip(variants, times, medians, strict=True)
-    ]
 
 
 def time_shape(pair: str, batch: int, crop: int, T: int, variants: list[str], reps: int, warmup: int) -> list[dict]:
@@ -76,7 +60,7 @@ def time_shape(pair: str, batch: int, crop: int, T: int, variants: list[str], re
     from minet_jax import conv
     from minet_jax.model import MINet, batch_split
     from minet_jax.tools.bench import bench_config
-    from minet_jax.tools.measure import compile_train_step, synthetic_batch
+    from minet_jax.tools.measure import alternated_summary, compile_train_step, synthetic_batch
 
     data = synthetic_batch(batch, crop)
     forward, backward = pair.split("/")
@@ -101,7 +85,7 @@ def time_shape(pair: str, batch: int, crop: int, T: int, variants: list[str], re
             t0 = time.perf_counter()
             jax.block_until_ready(step.compiled(step.state, data))
             times[i].append(time.perf_counter() - t0)
-    rows = summarise(variants, times)
+    rows = alternated_summary(variants, times)
     for row, g in zip(rows, groups, strict=True):
         row.update(pair=pair, batch=batch, crop=crop, T=T, groups=g)
     return rows
@@ -144,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as e:
         p.error(str(e))
 
-    import jax
+    from minet_jax.tools.measure import machine, save_report
 
     rows = []
     for pair in args.pairs.split(","):
@@ -154,17 +138,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{pair} {batch}x{crop} {r['variant']:>8}: {r['median_s']:.3f} s ({r['ratio']:.2f}x)", flush=True)
             rows += shape_rows
     report = {
-        "machine": {"cpu": _cpu_name(), "cores": len(os.sched_getaffinity(0)), "jax": jax.__version__,
-                    "backend": jax.default_backend()},  # fmt: skip
+        "machine": {**machine(), "cores": len(os.sched_getaffinity(0))},
         "date": time.strftime("%Y-%m-%d"), "reps": args.reps, "warmup": args.warmup, "rows": rows,
     }  # fmt: skip
     md = markdown(report)
     print(md)
     if args.output:
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "batch_split.json").write_text(json.dumps(report, indent=1))
-        (out / "batch_split.md").write_text(md)
+        save_report(args.output, "batch_split", report, md)
     return 0
 
 

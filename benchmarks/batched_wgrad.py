@@ -18,7 +18,6 @@ runs them). Writes OUTPUT/batched_wgrad.json and .md with the machine named.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -134,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         p.error(f"--dilations {args.dilations!r}: expected comma-separated integers, e.g. 1,2,4")
 
-    from minet_jax.tools.measure import machine
+    from minet_jax.tools.measure import machine, save_report
 
     rows = []
     for d in dilations:
@@ -148,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(report)
     print(md)
     if args.output:
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "batched_wgrad.json").write_text(json.dumps(report, indent=1))
-        (out / "batched_wgrad.md").write_text(md)
+        save_report(args.output, "batched_wgrad", report, md)
     return 0
 
 

@@ -19,7 +19,6 @@ elsewhere in it. Writes OUTPUT/warm_start.json and .md with the machine named.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1:
         p.error(f"--steps {args.steps}: expected >= 1")
 
-    from minet_jax.tools.measure import machine
+    from minet_jax.tools.measure import machine, save_report
 
     rows = measure(args.data, args.steps, args.batch, args.crop, args.init_from, args.set)
     report = {
@@ -133,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(report)
     print(md)
     if args.output:
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "warm_start.json").write_text(json.dumps(report, indent=1))
-        (out / "warm_start.md").write_text(md)
+        save_report(args.output, "warm_start", report, md)
     return 0
 
 

@@ -4,9 +4,11 @@ compiled training step that both time."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -93,6 +95,24 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
+
+
+def alternated_summary(names: list[str], times: list[list[float]]) -> list[dict]:
+    """For variants timed in turn (A, B, A, B, ...): per variant its median, spread (min, max)
+    and median over the first variant's median."""
+    medians = [statistics.median(t) for t in times]
+    return [
+        {"variant": v, "median_s": m, "min_s": min(t), "max_s": max(t), "ratio": m / medians[0], "times_s": t}
+        for v, t, m in zip(names, times, medians, strict=True)
+    ]
+
+
+def save_report(output: str | Path, stem: str, report: dict, md: str) -> None:
+    """OUTPUT/STEM.json (the report) and OUTPUT/STEM.md, making OUTPUT where it is missing."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (out / f"{stem}.md").write_text(md)
 
 
 def timed(fn, *args, repeats: int) -> tuple[float, list[float]]:

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import ab_steps as bench  # noqa: E402
 
 from minet_jax.config import ConfigError  # noqa: E402
+from minet_jax.tools.measure import alternated_summary  # noqa: E402
 
 
 def test_variant_syntax():
@@ -37,7 +38,7 @@ def test_usage_errors_name_the_option(argv, message, capsys):
 
 
 def test_summary_medians_and_ratios():
-    rows = bench.summarise(["a", "b"], [[3.0, 1.0, 2.0, 9.0], [1.5, 0.5, 1.0]])
+    rows = alternated_summary(["a", "b"], [[3.0, 1.0, 2.0, 9.0], [1.5, 0.5, 1.0]])
     assert rows[0]["median_s"] == pytest.approx(2.5) and rows[0]["ratio"] == pytest.approx(1.0)
     assert rows[1]["median_s"] == pytest.approx(1.0) and rows[1]["ratio"] == pytest.approx(0.4)
     for r in rows:

@@ -12,6 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import batch_split as bench  # noqa: E402
 
+from minet_jax.tools.measure import alternated_summary  # noqa: E402
+
 
 def test_variant_and_shape_syntax():
     assert bench.parse_variant("2") == (2, False)
@@ -32,7 +34,7 @@ def test_bad_variant_is_a_usage_error(capsys):
 
 
 def test_summary_medians_and_ratios():
-    rows = bench.summarise(["1", "2"], [[3.0, 1.0, 2.0, 9.0], [1.5, 0.5, 1.0]])
+    rows = alternated_summary(["1", "2"], [[3.0, 1.0, 2.0, 9.0], [1.5, 0.5, 1.0]])
     assert rows[0]["median_s"] == pytest.approx(2.5) and rows[0]["ratio"] == pytest.approx(1.0)
     assert rows[1]["median_s"] == pytest.approx(1.0) and rows[1]["ratio"] == pytest.approx(0.4)
     assert (rows[1]["min_s"], rows[1]["max_s"]) == (0.5, 1.5)

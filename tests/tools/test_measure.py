@@ -1,6 +1,8 @@
 """minet_jax.tools.measure: the convolution FLOP count against independent counts, the peak
 resident memory, and the compiled training step that the benchmark and the solver comparison time."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,3 +73,10 @@ def test_compiled_train_step_includes_the_stability_regulariser():
     without = training.make_train_step(step.graphdef, training.make_optimizer(cfg), cfg.loss, None)
     counted = measure.conv_flops(jax.make_jaxpr(step.step_fn)(step.state, batch).jaxpr)[0]
     assert counted > measure.conv_flops(jax.make_jaxpr(without)(step.state, batch).jaxpr)[0]
+
+
+def test_save_report_writes_the_json_and_the_markdown(tmp_path):
+    report = {"machine": {"cpu": "X"}, "rows": [{"median_s": 1.5}]}
+    measure.save_report(tmp_path / "new" / "dir", "thing", report, "# table\n")
+    assert json.loads((tmp_path / "new" / "dir" / "thing.json").read_text()) == report
+    assert (tmp_path / "new" / "dir" / "thing.md").read_text() == "# table\n"
