@@ -14,7 +14,6 @@ conv_threads.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -105,21 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dilation", type=int, default=1, choices=[1, 2, 4])
     p.add_argument("--output", default="", help="folder for conv_threads.json and .md")
     args = p.parse_args(argv)
-    import jax
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from batch_split import _cpu_name
+    from minet_jax.tools.measure import machine, save_report
 
     rows = measure(args.reps, args.dilation)
-    report = {"machine": {"cpu": _cpu_name(), "cores": len(os.sched_getaffinity(0)), "jax": jax.__version__},
+    report = {"machine": {**machine(), "cores": len(os.sched_getaffinity(0))},
               "date": time.strftime("%Y-%m-%d"), "reps": args.reps, "dilation": args.dilation, "rows": rows}  # fmt: skip
     md = markdown(report)
     print(md)
     if args.output:
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "conv_threads.json").write_text(json.dumps(report, indent=1))
-        (out / "conv_threads.md").write_text(md)
+        save_report(args.output, "conv_threads", report, md)
     return 0
 
 
