@@ -248,8 +248,7 @@ def fixed_point(
     step = _fixed_point_step(lambda g: g0 + eta * f(params, g), relative_residual)
     c = _iterate(
         step, _init_carry(g0 if x0 is None else x0, max_iter), tol=tol, max_iter=max_iter,
-        differentiable=differentiable,
-        unroll=unroll,
+        differentiable=differentiable, unroll=unroll,
     )  # fmt: skip
     return c.out, _stats(c)
 
