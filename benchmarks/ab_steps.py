@@ -46,29 +46,19 @@ def parse_variant(text: str) -> list[tuple[str, object]]:
 
 def time_variants(variants: list[str], common: list[str], T: int, batch: int, crop: int, reps: int,
                   warmup: int) -> list[dict]:  # fmt: skip
-    import jax
     from flax import nnx
 
     from minet_jax.model import MINet
     from minet_jax.tools.bench import bench_config
-    from minet_jax.tools.measure import alternated_summary, compile_train_step, synthetic_batch
+    from minet_jax.tools.measure import alternated_summary, compile_train_step, synthetic_batch, time_alternately
 
     data = synthetic_batch(batch, crop)
     steps = []
     for v in variants:
         cfg = bench_config([*parse_overrides(common), ("model.T", T), *parse_variant(v)])
         params = nnx.state(MINet(cfg.model, rngs=nnx.Rngs(cfg.seed)), nnx.Param)
-        step = compile_train_step(cfg, params, data)
-        for _ in range(warmup):
-            jax.block_until_ready(step.compiled(step.state, data))
-        steps.append(step)
-    times = [[] for _ in variants]
-    for _ in range(reps):
-        for i, step in enumerate(steps):
-            t0 = time.perf_counter()
-            jax.block_until_ready(step.compiled(step.state, data))
-            times[i].append(time.perf_counter() - t0)
-    rows = alternated_summary(variants, times)
+        steps.append(compile_train_step(cfg, params, data))
+    rows = alternated_summary(variants, time_alternately(steps, data, reps=reps, warmup=warmup))
     for r in rows:
         r.update(T=T, batch=batch, crop=crop)
     return rows

@@ -54,13 +54,12 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 
 def time_shape(pair: str, batch: int, crop: int, T: int, variants: list[str], reps: int, warmup: int) -> list[dict]:
-    import jax
     from flax import nnx
 
     from minet_jax import conv
     from minet_jax.model import MINet, batch_split
     from minet_jax.tools.bench import bench_config
-    from minet_jax.tools.measure import alternated_summary, compile_train_step, synthetic_batch
+    from minet_jax.tools.measure import alternated_summary, compile_train_step, synthetic_batch, time_alternately
 
     data = synthetic_batch(batch, crop)
     forward, backward = pair.split("/")
@@ -72,20 +71,11 @@ def time_shape(pair: str, batch: int, crop: int, T: int, variants: list[str], re
             cfg = bench_config([("model.solver.forward", forward), ("model.solver.backward", backward),
                                 ("model.T", T), ("model.batch_split", n)])  # fmt: skip
             params = nnx.state(MINet(cfg.model, rngs=nnx.Rngs(cfg.seed)), nnx.Param)
-            step = compile_train_step(cfg, params, data)
-            for _ in range(warmup):
-                jax.block_until_ready(step.compiled(step.state, data))
-            steps.append(step)
+            steps.append(compile_train_step(cfg, params, data))
             groups.append(batch_split(cfg.model, batch))
     finally:
         conv._unfused = unfused
-    times = [[] for _ in variants]
-    for _ in range(reps):
-        for i, step in enumerate(steps):
-            t0 = time.perf_counter()
-            jax.block_until_ready(step.compiled(step.state, data))
-            times[i].append(time.perf_counter() - t0)
-    rows = alternated_summary(variants, times)
+    rows = alternated_summary(variants, time_alternately(steps, data, reps=reps, warmup=warmup))
     for row, g in zip(rows, groups, strict=True):
         row.update(pair=pair, batch=batch, crop=crop, T=T, groups=g)
     return rows

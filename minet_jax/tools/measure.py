@@ -97,6 +97,21 @@ def reset_peak_rss() -> bool:
     return True
 
 
+def time_alternately(steps: list[CompiledStep], batch: dict, *, reps: int, warmup: int) -> list[list[float]]:
+    """Wall times of `reps` calls of each compiled training step on `batch`, in turn (A, B, A, B,
+    ...) so that every step sees the same machine state, after `warmup` untimed calls of each."""
+    for step in steps:
+        for _ in range(warmup):
+            jax.block_until_ready(step.compiled(step.state, batch))
+    times = [[] for _ in steps]
+    for _ in range(reps):
+        for i, step in enumerate(steps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(step.compiled(step.state, batch))
+            times[i].append(time.perf_counter() - t0)
+    return times
+
+
 def alternated_summary(names: list[str], times: list[list[float]]) -> list[dict]:
     """For variants timed in turn (A, B, A, B, ...): per variant its median, spread (min, max)
     and median over the first variant's median."""

@@ -80,3 +80,20 @@ def test_save_report_writes_the_json_and_the_markdown(tmp_path):
     measure.save_report(tmp_path / "new" / "dir", "thing", report, "# table\n")
     assert json.loads((tmp_path / "new" / "dir" / "thing.json").read_text()) == report
     assert (tmp_path / "new" / "dir" / "thing.md").read_text() == "# table\n"
+
+
+def test_time_alternately_calls_each_step_in_turn():
+    """Warm-up calls first, then one call of each step per repetition, A, B, A, B."""
+    calls = []
+
+    class Step:
+        def __init__(self, name):
+            self.state, self.name = name, name
+
+        def compiled(self, state, batch):
+            calls.append(state)
+            return jnp.zeros(())
+
+    times = measure.time_alternately([Step("a"), Step("b")], {}, reps=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "a", "b", "a", "b"]
+    assert [len(t) for t in times] == [3, 3] and all(x >= 0 for t in times for x in t)
